@@ -1,0 +1,85 @@
+"""The service's exceptions: one short hierarchy, each class fixing its HTTP status and kind.
+
+Handlers in `app.main` translate them at the boundary into
+`{"error": {"kind": ..., "message": ...}}`; messages are stable so clients and tests can
+rely on them, and they name the problem a person has to fix.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BodyTooLarge",
+    "Forbidden",
+    "InvalidRequest",
+    "ModelFailure",
+    "NoModelLoaded",
+    "ServiceError",
+    "Unauthorized",
+    "UnknownModel",
+]
+
+
+class ServiceError(Exception):
+    """Base class: `status` is the HTTP status, `kind` the machine-readable error kind."""
+
+    status: int = 500
+    kind: str = "internal"
+
+    def __init__(self, message: str, *, index: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        # 0-based position of the offending patient in a batch request, when there is one
+        self.index = index
+
+    def in_batch(self, index: int) -> ServiceError:
+        """The same error, prefixed with the batch position of the patient it is about."""
+        return type(self)(f"patients[{index}]: {self.message}", index=index)
+
+
+class InvalidRequest(ServiceError):
+    """The request is well-formed JSON but its content cannot be scored (422)."""
+
+    status = 422
+    kind = "invalid_request"
+
+
+class UnknownModel(ServiceError):
+    """The request names a model the registry does not hold (404)."""
+
+    status = 404
+    kind = "unknown_model"
+
+
+class NoModelLoaded(ServiceError):
+    """No model is loaded yet, or the default model is missing (503)."""
+
+    status = 503
+    kind = "no_model"
+
+
+class Unauthorized(ServiceError):
+    """Missing, malformed or unknown API key (401)."""
+
+    status = 401
+    kind = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    """A valid key without the scope the route needs (403)."""
+
+    status = 403
+    kind = "forbidden"
+
+
+class BodyTooLarge(ServiceError):
+    """Request body over `VITALCAST_MAX_BODY_BYTES` (413)."""
+
+    status = 413
+    kind = "body_too_large"
+
+
+class ModelFailure(ServiceError):
+    """The model produced something unusable (non-finite output): a server fault (500)."""
+
+    status = 500
+    kind = "model_failure"

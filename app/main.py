@@ -1,0 +1,166 @@
+"""The app factory: settings, registry, middleware, routers and error handlers.
+
+`create_app(settings)` builds a fresh app (tests build several, each with its own settings,
+registry and metrics); models are loaded in `lifespan`, never at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message, Receive, Scope, Send
+
+from app.errors import ServiceError
+from app.middleware import (
+    BodyLimitMiddleware,
+    JsonGuardMiddleware,
+    RequestContextMiddleware,
+    error_body,
+)
+from app.observability import Metrics, configure_logging, logger
+from app.registry import ModelRegistry
+from app.routers import bench, fhir, health, models, oip, predict
+from app.settings import Settings, get_settings
+
+__all__ = ["create_app"]
+
+DESCRIPTION = """Calibrated in-hospital mortality risk, expected length of stay and an
+explanation (attention over time, signed per-variable contributions) from an ICU patient's
+vital-sign and lab-value series. Every `/v1` route needs `Authorization: Bearer <key>`."""
+
+
+def _error(status: int, kind: str, message: str, **extra: Any) -> JSONResponse:
+    body: dict[str, Any] = {"kind": kind, "message": message}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return JSONResponse({"error": body}, status_code=status)
+
+
+def _loc(loc: Sequence[int | str]) -> str:
+    """("body", "patients", 3, "observations", 0, "value") -> patients[3].observations[0].value"""
+    out = ""
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+def _problem(error: dict[str, Any]) -> str:
+    kind, msg = error.get("type", ""), str(error.get("msg", ""))
+    if kind == "json_invalid":
+        reason = (error.get("ctx") or {}).get("error", "malformed JSON")
+        return f"body is not valid JSON ({reason})"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        return "unknown field"
+    return msg.removeprefix("Value error, ")
+
+
+def _validation_response(exc: RequestValidationError) -> JSONResponse:
+    errors = list(exc.errors())
+    details = [{"loc": _loc(e.get("loc", ())), "message": _problem(e)} for e in errors]
+    shown = "; ".join(f"{d['loc']}: {d['message']}" for d in details[:3])
+    if len(details) > 3:
+        shown += f" (and {len(details) - 3} more)"
+    index = None
+    loc = tuple(errors[0].get("loc", ())) if errors else ()
+    if loc[:2] == ("body", "patients") and len(loc) > 2 and isinstance(loc[2], int):
+        index = loc[2]
+    return _error(422, "invalid_request", shown or "invalid request", index=index,
+                  details=details[:20])
+
+
+def _install_handlers(app: FastAPI, metrics: Metrics) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        metrics.errors.labels(exc.kind).inc()
+        return _error(exc.status, exc.kind, exc.message, index=exc.index)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        metrics.errors.labels("invalid_request").inc()
+        return _validation_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        metrics.errors.labels(kind).inc()
+        return _error(exc.status_code, kind, str(exc.detail))
+
+
+class _CatchAll:
+    """Last line: an unhandled exception becomes a 500 with the request id, and is logged by
+    type and code location only — its message may quote patient values."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            if scope["type"] != "http":
+                raise
+            frame = traceback.extract_tb(exc.__traceback__)[-1:]
+            where = f"{frame[0].filename}:{frame[0].lineno}" if frame else "?"
+            request_id = scope.get("state", {}).get("request_id", "")
+            logger.error("unhandled error", extra={
+                "request_id": request_id, "exception": type(exc).__name__, "where": where})
+            self.metrics.errors.labels("internal").inc()
+            if not started:
+                body = error_body("internal", f"internal error (request id {request_id})")
+                await send({"type": "http.response.start", "status": 500,
+                            "headers": [(b"content-type", b"application/json")]})
+                await send({"type": "http.response.body", "body": body})
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    metrics = Metrics()
+    registry = ModelRegistry(settings.model_dir, settings.default_model)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings.log_level)
+        # Few intra-op threads: requests run in parallel threads/workers on few cores.
+        torch.set_num_threads(settings.torch_threads)
+        if not settings.api_keys and not settings.admin_keys:
+            logger.warning("no API keys configured: every /v1 request will get a 401")
+        registry.load()
+        metrics.models_loaded.set(len(registry.models))
+        metrics.load_failures.inc(len(registry.failures))
+        yield
+
+    app = FastAPI(title="vitalcast", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.metrics = metrics
+    _install_handlers(app, metrics)
+    for router in (predict.router, fhir.router, models.router, health.router, oip.router):
+        app.include_router(router)
+    if settings.benchmark_routes:  # off by default: a framework baseline for benchmarks
+        app.include_router(bench.router)
+    # Added last = outermost: context (id, log, metrics) sees the 413 and the catch-all 500.
+    # Inside the body limit: refuses duplicate keys and absurd nesting before parsing.
+    app.add_middleware(JsonGuardMiddleware, metrics=metrics)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(_CatchAll, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    logging.getLogger("vitalcast").debug("app created")
+    return app

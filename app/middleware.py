@@ -1,0 +1,209 @@
+"""ASGI middleware: request context (id, structured log line, metrics), the body limit and
+the JSON guard.
+
+All are plain ASGI so that they see every response, including the 413 sent before any
+routing and the 500 of an unhandled exception.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import BodyTooLarge, InvalidRequest
+from app.observability import Metrics, logger
+
+__all__ = ["BodyLimitMiddleware", "JsonGuardMiddleware", "RequestContextMiddleware",
+           "error_body", "strict_json"]
+
+# A client-sent X-Request-ID is kept only when it cannot smuggle anything into a log line.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
+
+
+def error_body(kind: str, message: str, **extra: object) -> bytes:
+    return orjson.dumps({"error": {"kind": kind, "message": message, **extra}})
+
+
+class RequestContextMiddleware:
+    """Gives each request an id (echoed as X-Request-ID), then logs and counts it."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+        start = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = scope.get("route")
+            # The template, never the raw path: bounded label values, no identifiers.
+            label = str(getattr(route, "path", "unmatched"))
+            self.metrics.requests.labels(scope["method"], label, str(status)).inc()
+            self.metrics.latency.labels(label).observe(elapsed)
+            logger.info("request", extra={
+                "request_id": request_id, "method": scope["method"], "route": label,
+                "status": status, "latency_ms": round(elapsed * 1000, 2)})
+
+
+class BodyLimitMiddleware:
+    """Refuses bodies over `limit` bytes with a 413, by Content-Length up front or while
+    streaming, before the app parses anything; a body within the limit is replayed to it."""
+
+    def __init__(self, app: ASGIApp, limit: int, metrics: Metrics) -> None:
+        self.app = app
+        self.limit = limit
+        self.metrics = metrics
+
+    async def _refuse(self, send: Send) -> None:
+        self.metrics.errors.labels(BodyTooLarge.kind).inc()
+        body = error_body(BodyTooLarge.kind,
+                          f"request body exceeds the limit of {self.limit} bytes")
+        await send({"type": "http.response.start", "status": BodyTooLarge.status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in _BODYLESS:
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._refuse(send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client went away; nothing to answer
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._refuse(send)
+                return
+            chunks.append(chunk)
+            more = bool(message.get("more_body", False))
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"duplicate key {key[:64]!r} in a JSON object: which value is "
+                             "meant is ambiguous")
+        obj[key] = value
+    return obj
+
+
+def strict_json(body: bytes) -> Any:
+    """Parse a JSON body, refusing what a lenient parser would guess at or crash on.
+
+    Raises ValueError naming the problem: a duplicate key (last-wins would silently pick one
+    of two values for a measurement), nesting too deep for the parser (RecursionError), an
+    integer literal too long to convert. Ordinary syntax errors raise json.JSONDecodeError.
+    """
+    try:
+        return json.loads(body, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as e:
+        if "digits" in str(e):  # int('9' * 5000): "Exceeds the limit (4300 digits)"
+            raise ValueError("a number has too many digits") from None
+        raise
+
+
+class JsonGuardMiddleware:
+    """Refuses (422) JSON bodies with duplicate keys, absurd nesting or absurd numbers before
+    the framework's lenient parse (last key wins, RecursionError as an opaque 400). Sits
+    inside the body limit, so the body it buffers is already bounded."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    @staticmethod
+    def _is_json(scope: Scope) -> bool:
+        ctype: bytes | None = dict(scope.get("headers") or []).get(b"content-type")
+        if ctype is None:
+            return True  # FastAPI parses a body without a content type as JSON
+        media = ctype.split(b";", 1)[0].strip().lower()
+        return bool(media == b"application/json" or (
+            media.startswith(b"application/") and media.endswith(b"+json")))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in _BODYLESS or not self._is_json(scope):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            more = bool(message.get("more_body", False))
+        body = b"".join(chunks)
+        if body.strip():
+            try:
+                strict_json(body)
+            except json.JSONDecodeError:
+                pass  # plain syntax errors: the framework's 422 names the position
+            except (ValueError, UnicodeDecodeError) as e:
+                self.metrics.errors.labels(InvalidRequest.kind).inc()
+                payload = error_body(InvalidRequest.kind, f"body is not valid JSON ({e})")
+                await send({"type": "http.response.start", "status": InvalidRequest.status,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(payload)).encode())]})
+                await send({"type": "http.response.body", "body": payload})
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

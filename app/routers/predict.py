@@ -1,0 +1,77 @@
+"""POST /v1/predict and /v1/predict/batch."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body
+from fastapi.concurrency import run_in_threadpool
+
+from app.deps import MetricsDep, RegistryDep, SettingsDep
+from app.errors import InvalidRequest, ServiceError
+from app.schemas import (
+    EXAMPLE_ISO_REQUEST,
+    EXAMPLE_REQUEST,
+    BatchRequest,
+    BatchResponse,
+    ErrorResponse,
+    PredictRequest,
+    PredictResponse,
+)
+from app.security import UserKey
+from app.service import Job, predict, prepare
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/predict", tags=["predict"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text} for status, text in (
+        (401, "missing or unknown API key"),
+        (404, "unknown model"),
+        (413, "body over VITALCAST_MAX_BODY_BYTES"),
+        (422, "invalid request: the message names the field and the problem"),
+        (503, "no model loaded"),
+    )
+}
+EXAMPLES = {
+    "hours": {"summary": "times in hours since admission", "value": EXAMPLE_REQUEST},
+    "iso": {"summary": "ISO-8601 times with offset", "value": EXAMPLE_ISO_REQUEST},
+}
+
+
+def _score(jobs: list[Job], metrics: MetricsDep) -> list[PredictResponse]:
+    responses = predict(jobs)
+    for r in responses:
+        metrics.predictions.labels(r.model.name, r.model.version).inc()
+    return responses
+
+
+@router.post("", response_model=PredictResponse, responses=ERRORS,
+             summary="Risk, prognosis and explanation for one patient")
+async def predict_one(
+    request: Annotated[PredictRequest, Body(openapi_examples=EXAMPLES)],
+    registry: RegistryDep, settings: SettingsDep, metrics: MetricsDep, _: UserKey,
+) -> PredictResponse:
+    ckpt = registry.get(request.model)  # this request's model, whatever a reload does next
+    job = prepare(request, ckpt, settings.max_observations)
+    (response,) = await run_in_threadpool(_score, [job], metrics)
+    return response
+
+
+@router.post("/batch", response_model=BatchResponse, responses=ERRORS,
+             summary="Many patients in one request, answered in the same order")
+async def predict_batch(
+    batch: BatchRequest, registry: RegistryDep, settings: SettingsDep, metrics: MetricsDep,
+    _: UserKey,
+) -> BatchResponse:
+    if len(batch.patients) > settings.max_batch:
+        raise InvalidRequest(f"patients: {len(batch.patients)} patients exceed the limit of "
+                             f"{settings.max_batch} per batch")
+    jobs = []
+    for i, request in enumerate(batch.patients):
+        try:
+            jobs.append(prepare(request, registry.get(request.model), settings.max_observations))
+        except ServiceError as e:
+            raise e.in_batch(i) from None
+    return BatchResponse(results=await run_in_threadpool(_score, jobs, metrics))

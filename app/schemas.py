@@ -1,0 +1,343 @@
+"""Request and response bodies of the HTTP API (DESIGN.md, "HTTP API").
+
+Requests are validated here, before torch runs: every variable against the catalogue
+(unknown names and impossible values are refused with the variable, value and expected
+unit), every time as hours >= 0 or an ISO-8601 date-time with offset, one kind of time per
+request. Limits that depend on settings (observations per patient, patients per batch) are
+checked by the service.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from app.timebase import MAX_HOURS, Timebase, parse_time
+from models.catalogue import CATALOGUE, STATICS, check_value
+
+__all__ = [
+    "AttentionBin",
+    "BatchRequest",
+    "BatchResponse",
+    "Contribution",
+    "ErrorBody",
+    "ErrorDetail",
+    "ErrorResponse",
+    "Explanation",
+    "GridInfo",
+    "Health",
+    "LoadFailure",
+    "ModelInfo",
+    "ModelList",
+    "ModelRef",
+    "News2",
+    "Observation",
+    "PredictRequest",
+    "PredictResponse",
+    "Prognosis",
+    "Readiness",
+    "Risk",
+    "StaticDescriptors",
+]
+
+Hours = Annotated[float, Field(ge=0, le=MAX_HOURS, description="hours since admission")]
+Moment = Annotated[AwareDatetime, Field(description="ISO-8601 date-time with UTC offset")]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+_MEASURED = sorted(v.name for v in CATALOGUE.values() if v.kind != "static")
+
+EXAMPLE_REQUEST: dict[str, Any] = {
+    "patient_id": "opaque-123",
+    "static": {"age": 71, "sex": "female", "weight": 68},
+    "observations": [
+        {"time": 0.5, "variable": "heart_rate", "value": 118},
+        {"time": 0.5, "variable": "resp_rate", "value": 24},
+        {"time": 0.5, "variable": "spo2", "value": 93},
+        {"time": 0.5, "variable": "sbp", "value": 98},
+        {"time": 0.5, "variable": "temperature", "value": 38.4},
+        {"time": 2.0, "variable": "lactate", "value": 3.9},
+        {"time": 3.0, "variable": "heart_rate", "value": 124},
+        {"time": 3.5, "variable": "antibiotics", "value": 1},
+    ],
+}
+EXAMPLE_ISO_REQUEST: dict[str, Any] = {
+    "patient_id": "opaque-456",
+    "admitted_at": "2026-11-22T08:00:00+01:00",
+    "static": {"age": 58, "sex": "male"},
+    "observations": [
+        {"time": "2026-11-22T08:30:00+01:00", "variable": "heart_rate", "value": 96},
+        {"time": "2026-11-22T09:10:00+01:00", "variable": "map", "value": 64},
+        {"time": "2026-11-22T11:00:00+01:00", "variable": "creatinine", "value": 2.1},
+    ],
+}
+
+
+class Observation(BaseModel):
+    """One measurement or intervention, in the catalogue's canonical unit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    time: Hours | Moment = Field(
+        description="hours since admission (>= 0) or an ISO-8601 date-time with offset; "
+        "one kind per request",
+        examples=[2.5, "2026-11-22T09:10:00+01:00"],
+    )
+    variable: str = Field(
+        min_length=1, max_length=64, description="catalogue name", examples=["heart_rate"]
+    )
+    value: Finite = Field(description="value in the catalogue's canonical unit", examples=[118])
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _time(cls, value: object) -> float | datetime:
+        return parse_time(value)
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _number(cls, value: object) -> object:
+        # JSON true/"118" are not measurements: refuse rather than coerce a typo into a value
+        if isinstance(value, bool | str):
+            raise ValueError(f"value must be a number, not {type(value).__name__}")
+        return value
+
+    @field_validator("variable")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        var = CATALOGUE.get(name)
+        if var is None:
+            raise ValueError(f"unknown variable {name[:64]!r}; known: {', '.join(_MEASURED)}")
+        if var.kind == "static":
+            raise ValueError(f"{name} is a static descriptor: send it in 'static', not as an "
+                             "observation")
+        return name
+
+    @model_validator(mode="after")
+    def _possible(self) -> Observation:
+        ok, message = check_value(self.variable, self.value)
+        if not ok:
+            raise ValueError(message)
+        return self
+
+
+class StaticDescriptors(BaseModel):
+    """Per-patient descriptors (catalogue kind `static`); any may be left out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    age: Finite | None = Field(None, description="years", examples=[71])
+    sex: Literal["female", "male"] | None = None
+    weight: Finite | None = Field(None, description="kg", examples=[68])
+    height: Finite | None = Field(None, description="cm", examples=[165])
+
+    @field_validator("age", "weight", "height", mode="before")
+    @classmethod
+    def _number(cls, value: object) -> object:
+        # As for observation values: JSON true would become age 1 and "71" a silent coercion
+        if isinstance(value, bool | str):
+            raise ValueError(f"must be a number, not {type(value).__name__}")
+        return value
+
+    @model_validator(mode="after")
+    def _possible(self) -> StaticDescriptors:
+        for name in ("age", "weight", "height"):
+            value = getattr(self, name)
+            if value is not None:
+                ok, message = check_value(name, value)
+                if not ok:
+                    raise ValueError(message)
+        return self
+
+    def numeric(self) -> dict[str, float | str]:
+        """The descriptors given, by catalogue name."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+# The fields above must be exactly the catalogue's statics: a new static needs a field here.
+if set(StaticDescriptors.model_fields) != set(STATICS):
+    raise ImportError(f"StaticDescriptors fields differ from the catalogue's statics {STATICS}")
+
+
+class PredictRequest(BaseModel):
+    """One patient's series (long format) and descriptors."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_REQUEST]})
+
+    patient_id: str | None = Field(None, max_length=256, description="opaque, echoed back")
+    model: str | None = Field(
+        None, min_length=1, max_length=128, description="model name; default when left out"
+    )
+    admitted_at: Moment | None = Field(
+        None, description="hour 0 for ISO-8601 times; else the earliest observation"
+    )
+    static: StaticDescriptors | None = None
+    observations: list[Observation] = Field(
+        min_length=1, description="any order; at least one; at most VITALCAST_MAX_OBSERVATIONS"
+    )
+
+    @field_validator("admitted_at", mode="before")
+    @classmethod
+    def _admitted(cls, value: object) -> object:
+        if value is None:
+            return None
+        moment = parse_time(value, "admitted_at")
+        if not isinstance(moment, datetime):
+            raise ValueError("admitted_at must be an ISO-8601 date-time with offset")
+        return moment
+
+    @model_validator(mode="after")
+    def _one_clock(self) -> PredictRequest:
+        kinds = {isinstance(o.time, datetime) for o in self.observations}
+        if len(kinds) > 1:
+            first_iso = next(i for i, o in enumerate(self.observations)
+                             if isinstance(o.time, datetime) != isinstance(
+                                 self.observations[0].time, datetime))
+            raise ValueError(
+                "observations mix hours and ISO-8601 date-times (observations[0] and "
+                f"observations[{first_iso}]); one request uses one kind of time"
+            )
+        if kinds == {False} and self.admitted_at is not None:
+            raise ValueError("admitted_at goes with ISO-8601 times; hours are already hours "
+                             "since admission, so leave admitted_at out")
+        if kinds == {True}:
+            base = self.timebase()
+            for i, obs in enumerate(self.observations):
+                hours = base.hours(obs.time)
+                if hours < 0:
+                    raise ValueError(f"observations[{i}].time {obs.time.isoformat()} is "  # type: ignore[union-attr]
+                                     "before admitted_at")
+                if hours > MAX_HOURS:
+                    raise ValueError(f"observations[{i}].time lies more than {MAX_HOURS:g} h "
+                                     "after hour 0")
+        return self
+
+    def timebase(self) -> Timebase:
+        return Timebase.of([o.time for o in self.observations], self.admitted_at)
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"patients": [EXAMPLE_REQUEST, EXAMPLE_ISO_REQUEST]}]},
+    )
+
+    patients: list[PredictRequest] = Field(
+        min_length=1, description="at most VITALCAST_MAX_BATCH; answered in the same order"
+    )
+
+
+# --- responses -------------------------------------------------------------------------------
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str = Field(description="UTC creation time, YYYYMMDDTHHMMSSZ")
+    architecture: str
+    bidirectional: bool
+
+
+class Risk(BaseModel):
+    probability: float = Field(ge=0, le=1, description="calibrated probability")
+    outcome: Literal["in_hospital_death"] = "in_hospital_death"
+
+
+class Prognosis(BaseModel):
+    los_days: float = Field(ge=0, description="expected length of stay, days")
+
+
+class News2(BaseModel):
+    score: int = Field(ge=0, description="NEWS2 from the latest value of each parameter")
+    parts: dict[str, int] = Field(description="points per parameter (0 where missing)")
+    missing: list[str] = Field(description="parameters without a value: the score is then a "
+                                           "lower bound")
+
+
+class AttentionBin(BaseModel):
+    start: float | str = Field(description="bin start in the request's kind of time")
+    end: float | str
+    weight: float = Field(ge=0, le=1)
+
+
+class Contribution(BaseModel):
+    variable: str
+    contribution: float = Field(description="signed; positive raises the risk")
+
+
+class Explanation(BaseModel):
+    attention: list[AttentionBin] = Field(description="one bin per grid step from the first to "
+                                                      "the last bin holding an observation")
+    variables: list[Contribution] = Field(description="sorted by |contribution|, largest first")
+
+
+class PredictResponse(BaseModel):
+    patient_id: str | None
+    model: ModelRef
+    risk: Risk
+    prognosis: Prognosis
+    news2: News2
+    explanation: Explanation
+    warnings: list[str]
+
+
+class BatchResponse(BaseModel):
+    results: list[PredictResponse]
+
+
+class GridInfo(BaseModel):
+    step_hours: float
+    n_steps: int
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str = Field(description="the version serving")
+    versions: list[str] = Field(description="versions on disk, newest last")
+    default: bool = Field(description="scores requests that name no model")
+    architecture: str
+    bidirectional: bool
+    task: str
+    features: list[str]
+    static_features: list[str]
+    grid: GridInfo
+    temperature: float
+    metrics: dict[str, Any]
+    created: str
+    code_version: str
+    fingerprint: str
+
+
+class LoadFailure(BaseModel):
+    name: str
+    version: str | None
+    message: str
+
+
+class ModelList(BaseModel):
+    default_model: str
+    models: list[ModelInfo]
+    errors: list[LoadFailure] = Field(description="checkpoints that failed to load, skipped")
+
+
+class ErrorDetail(BaseModel):
+    loc: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    kind: str
+    message: str
+    index: int | None = Field(None, description="0-based patient index in a batch")
+    details: list[ErrorDetail] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"] = "ready"
+    models: list[str]

@@ -1,0 +1,150 @@
+"""Bulk scoring speed: the batch endpoint and the evaluation path against the raw forward pass.
+
+    python -m benchmarks.scoring [--patients 10000] [--batch 256] [--http-patients N]
+                                 [--threads 1] [--seed 7]
+
+A synthetic cohort (training.synthesize) is scored with the default model (benchmarks._server:
+bi-LSTM at the default sizes, random weights) three ways, each timed on its own:
+
+1. raw forward: the network on ready tensors (tensorised beforehand, untimed), batches of
+   `--batch`, eval mode under torch.inference_mode: the model's own limit;
+2. evaluation path: `models.predict.score(ckpt, observations, patients)` on DataFrames
+   (tensorise + forward + calibration, no explanation), as training/evaluate scores;
+3. batch endpoint: `POST /v1/predict/batch` on a real server (`python -m app`, uvicorn, one
+   worker, loopback), batches of `--batch` patients, JSON in and JSON out end to end:
+   request bodies are encoded before the clock starts, the clock runs from the first byte
+   sent to the last response parsed; one request at a time on one connection. Responses
+   carry everything a single prediction does (risk, NEWS2, attention, contributions).
+   `--http-patients` scores only the first N patients this way (default: all).
+
+Prints patients/s for each and the ratios to the raw forward pass (target for the batch
+endpoint: >= 0.5). torch runs with `--threads` intra-op threads (the server's default, 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pandas as pd
+import torch
+
+from benchmarks._server import API_KEY, publish_default_set, serve, synthetic_cohort
+from models.checkpoint import latest_version_dir, load_checkpoint
+from models.features import tensorise
+from models.predict import score
+
+
+def request_bodies(observations: pd.DataFrame, patients: pd.DataFrame, batch: int
+                   ) -> list[tuple[int, bytes]]:
+    """(patients, JSON body) per batch request: hours since admission, the cohort's statics."""
+    obs = observations.sort_values(["patient_id", "time_hours"], kind="stable")
+    ids = obs["patient_id"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    ends = np.r_[starts[1:], len(ids)]
+    times = obs["time_hours"].to_numpy().tolist()
+    names = obs["variable"].astype(str).to_numpy().tolist()
+    values = obs["value"].to_numpy().tolist()
+    statics = patients.set_index(patients["patient_id"].astype(str))
+    requests: list[dict[str, Any]] = []
+    for s, e in zip(starts, ends, strict=True):
+        pid = str(ids[s])
+        row = statics.loc[pid]
+        static = {k: (float(row[k]) if k != "sex" else str(row[k]))
+                  for k in ("age", "sex", "weight", "height") if pd.notna(row[k])}
+        requests.append({"patient_id": pid, "static": static, "observations": [
+            {"time": times[i], "variable": names[i], "value": values[i]} for i in range(s, e)]})
+    return [(len(requests[i:i + batch]), orjson.dumps({"patients": requests[i:i + batch]}))
+            for i in range(0, len(requests), batch)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--patients", type=int, default=10_000)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--http-patients", type=int, default=0, help="0 = all")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    obs, patients = synthetic_cohort(args.patients, args.seed)
+    n = patients["patient_id"].nunique()
+    print(f"cohort: {n:,} synthetic patients, {len(obs):,} observations "
+          f"({len(obs) / n:.0f} per patient); batches of {args.batch}; "
+          f"{args.threads} torch thread(s)")
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "models"
+        publish_default_set(model_dir)
+        version = latest_version_dir(model_dir, "default")
+        if version is None:
+            raise SystemExit("no default model was published")
+        ckpt = load_checkpoint(version)
+        print(f"model: default ({ckpt.config.arch}, bidirectional={ckpt.config.bidirectional}, "
+              f"hidden {ckpt.config.hidden}, {len(ckpt.normalizer.features)} features)")
+
+        # 1. raw forward pass on ready tensors
+        tensors = tensorise(obs, ckpt.normalizer, ckpt.grid, patients=patients)
+        x = torch.from_numpy(tensors.inputs())
+        static = torch.from_numpy(tensors.static)
+        step_mask = torch.from_numpy(tensors.step_mask)
+        model = ckpt.model.eval()
+        with torch.inference_mode():
+            model(x[:args.batch], static[:args.batch], step_mask[:args.batch])  # warm-up
+            t0 = time.perf_counter()
+            for i in range(0, n, args.batch):
+                sl = slice(i, i + args.batch)
+                model(x[sl], static[sl], step_mask[sl])
+            raw_s = time.perf_counter() - t0
+        raw = n / raw_s
+        print(f"raw forward pass:     {raw:9,.0f} patients/s  ({raw_s:.2f} s)")
+
+        # 2. evaluation path on DataFrames
+        t0 = time.perf_counter()
+        preds = score(ckpt, obs, patients, batch_size=args.batch)
+        eval_s = time.perf_counter() - t0
+        if len(preds) != n:
+            raise SystemExit(f"score returned {len(preds)} predictions for {n} patients")
+        evaluation = n / eval_s
+        print(f"evaluation path:      {evaluation:9,.0f} patients/s  ({eval_s:.2f} s)  "
+              f"ratio to raw {evaluation / raw:.2f}")
+
+        # 3. batch endpoint, JSON end to end
+        http_n = args.http_patients or n
+        keep = set(sorted(patients["patient_id"].astype(str))[:http_n])
+        bodies = request_bodies(obs[obs["patient_id"].isin(keep)],
+                                patients[patients["patient_id"].isin(keep)], args.batch)
+        size = sum(len(b) for _, b in bodies)
+        headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+        env = {"VITALCAST_MAX_BODY_BYTES": str(max(len(b) for _, b in bodies) + 1024),
+               "VITALCAST_MAX_BATCH": str(args.batch)}
+        with (serve(model_dir, Path(tmp) / "server.log", env=env) as server,
+              httpx.Client(base_url=server.base_url, timeout=600) as client):
+            client.post("/v1/predict/batch", content=bodies[0][1], headers=headers)  # warm-up
+            scored = 0
+            t0 = time.perf_counter()
+            for count, body in bodies:
+                r = client.post("/v1/predict/batch", content=body, headers=headers)
+                if r.status_code != 200:
+                    raise SystemExit(f"batch answered {r.status_code}: {r.text[:300]}")
+                results = orjson.loads(r.content)["results"]
+                if len(results) != count:
+                    raise SystemExit(f"{len(results)} results for {count} patients")
+                scored += count
+            http_s = time.perf_counter() - t0
+            rss = server.rss_mib()
+        endpoint = scored / http_s
+        print(f"batch endpoint (HTTP):{endpoint:9,.0f} patients/s  ({http_s:.2f} s for "
+              f"{scored:,} patients, {size / 1e6:.0f} MB of JSON in)  ratio to raw "
+              f"{endpoint / raw:.2f} (target >= 0.5: {'PASS' if endpoint / raw >= 0.5 else 'FAIL'})"
+              f"; server RSS {rss:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+import pytest
+
+from models.catalogue import (
+    CATALOGUE,
+    CORE_MEASUREMENTS,
+    INTERVENTIONS,
+    MEASUREMENTS,
+    STATICS,
+    check_value,
+    get,
+)
+
+DESIGN_MINIMUM = [
+    "heart_rate", "resp_rate", "spo2", "temperature", "sbp", "dbp", "map", "gcs", "fio2",
+    "urine_output", "lactate", "creatinine", "bun", "wbc", "platelets", "hct", "potassium",
+    "sodium", "glucose", "bicarbonate", "bilirubin", "ph",
+]
+
+
+def test_catalogue_covers_the_design_minimum_statics_and_interventions():
+    assert set(DESIGN_MINIMUM) <= set(CORE_MEASUREMENTS) <= set(MEASUREMENTS)
+    assert {"age", "sex", "weight", "height"} <= set(STATICS)
+    assert {"antibiotics", "vasopressor", "fluid_bolus", "mech_vent"} <= set(INTERVENTIONS)
+
+
+@pytest.mark.parametrize("name", list(CATALOGUE))
+def test_every_entry_has_a_unit_and_a_typical_range_inside_the_possible_range(name):
+    v = CATALOGUE[name]
+    assert v.unit
+    assert v.possible[0] <= v.typical[0] <= v.typical[1] <= v.possible[1]
+    if v.kind == "measurement":
+        assert v.loinc, f"{name} has no LOINC code"
+
+
+def test_impossible_value_is_refused_with_variable_value_and_unit():
+    ok, message = check_value("temperature", 98.6)
+    assert not ok
+    assert "temperature" in message and "98.6" in message and "°C" in message
+
+
+def test_atypical_value_is_accepted_with_a_warning():
+    ok, message = check_value("heart_rate", 195)
+    assert ok
+    assert message == "heart_rate 195 /min is outside the typical range 40-180"
+
+
+def test_typical_value_passes_silently_and_unknown_names_are_refused():
+    assert check_value("heart_rate", 80) == (True, None)
+    with pytest.raises(KeyError, match="unknown variable 'pulse'"):
+        get("pulse")
