@@ -116,27 +116,41 @@ def test_served_app_end_to_end(server: tuple[httpx.Client, Path, Path]) -> None:
 
 def test_event_loop_answers_while_a_batch_is_scored(
         server: tuple[httpx.Client, Path, Path]) -> None:
+    """Scoring runs off the event loop: health probes answer fast while batches are scored.
+
+    A worker keeps the server busy with batch after batch for the whole probing window, so
+    the test does not depend on how fast one batch is on the machine that runs it.
+    """
     client, model_dir, _ = server
     if not list(model_dir.glob("default/*")):
         make_checkpoint(model_dir)
         client.post("/v1/models/reload", headers=ADMIN)
     batch = {"patients": [request_body(patient_id=str(i)) for i in range(300)]}
-    result: dict[str, float] = {}
+    stop = threading.Event()
+    batches: list[tuple[int, float]] = []
 
     def score() -> None:
-        start = time.perf_counter()
-        r = client.post("/v1/predict/batch", json=batch, headers=USER, timeout=120)
-        result["status"] = r.status_code
-        result["batch_s"] = time.perf_counter() - start
+        with httpx.Client(base_url=client.base_url, timeout=120) as own:
+            while not stop.is_set():
+                start = time.perf_counter()
+                r = own.post("/v1/predict/batch", json=batch, headers=USER)
+                batches.append((r.status_code, time.perf_counter() - start))
 
     worker = threading.Thread(target=score)
     worker.start()
-    time.sleep(0.5)  # the batch is being scored in the worker thread by now
-    start = time.perf_counter()
-    assert client.get("/healthz").status_code == 200
-    health_s = time.perf_counter() - start
-    still_scoring = worker.is_alive()
-    worker.join()
-    assert result["status"] == 200
-    assert still_scoring, "batch finished too fast to tell"
-    assert health_s < result["batch_s"] / 3, (health_s, result)
+    probes: list[float] = []
+    try:
+        time.sleep(0.2)
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline or len(batches) < 2:
+            start = time.perf_counter()
+            assert client.get("/healthz").status_code == 200
+            probes.append(time.perf_counter() - start)
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        worker.join()
+    assert {status for status, _ in batches} == {200}
+    batch_s = sorted(s for _, s in batches)[len(batches) // 2]
+    probe_s = sorted(probes)[len(probes) // 2]
+    assert probe_s < batch_s / 3, (probe_s, batch_s, len(probes), len(batches))
