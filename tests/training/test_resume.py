@@ -16,7 +16,6 @@ from models.checkpoint import latest_version_dir, list_versions, load_checkpoint
 from training.config import TrainConfig
 from training.loop import Distributed, fit
 from training.runstate import RunStore
-from training.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["--arch", "gru", "--hidden", "8", "--attn-dim", "8", "--batch-size", "32",
