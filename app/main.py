@@ -20,12 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from app.errors import ServiceError
-from app.middleware import (
-    BodyLimitMiddleware,
-    JsonGuardMiddleware,
-    RequestContextMiddleware,
-    error_body,
-)
+from app.middleware import BodyLimitMiddleware, RequestContextMiddleware, error_body
 from app.observability import Metrics, configure_logging, logger
 from app.registry import ModelRegistry
 from app.routers import bench, fhir, health, models, oip, predict
@@ -66,7 +61,9 @@ def _problem(error: dict[str, Any]) -> str:
 
 def _validation_response(exc: RequestValidationError) -> JSONResponse:
     errors = list(exc.errors())
-    details = [{"loc": _loc(e.get("loc", ())), "message": _problem(e)} for e in errors]
+    # A JSON syntax error's loc is ("body", character offset): the body is what is wrong.
+    details = [{"loc": "body" if e.get("type") == "json_invalid" else _loc(e.get("loc", ())),
+                "message": _problem(e)} for e in errors]
     shown = "; ".join(f"{d['loc']}: {d['message']}" for d in details[:3])
     if len(details) > 3:
         shown += f" (and {len(details) - 3} more)"
@@ -157,8 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.benchmark_routes:  # off by default: a framework baseline for benchmarks
         app.include_router(bench.router)
     # Added last = outermost: context (id, log, metrics) sees the 413 and the catch-all 500.
-    # Inside the body limit: refuses duplicate keys and absurd nesting before parsing.
-    app.add_middleware(JsonGuardMiddleware, metrics=metrics)
+    # JSON bodies are parsed strictly, once, by each router's route class (app.jsonbody).
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, metrics=metrics)
     app.add_middleware(_CatchAll, metrics=metrics)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)

@@ -1,5 +1,4 @@
-"""ASGI middleware: request context (id, structured log line, metrics), the body limit and
-the JSON guard.
+"""ASGI middleware: request context (id, structured log line, metrics) and the body limit.
 
 All are plain ASGI so that they see every response, including the 413 sent before any
 routing and the 500 of an unhandled exception.
@@ -7,20 +6,17 @@ routing and the 500 of an unhandled exception.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
-from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import BodyTooLarge, InvalidRequest
+from app.errors import BodyTooLarge
 from app.observability import Metrics, logger
 
-__all__ = ["BodyLimitMiddleware", "JsonGuardMiddleware", "RequestContextMiddleware",
-           "error_body", "strict_json"]
+__all__ = ["BodyLimitMiddleware", "RequestContextMiddleware", "error_body"]
 
 # A client-sent X-Request-ID is kept only when it cannot smuggle anything into a log line.
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -119,91 +115,6 @@ class BodyLimitMiddleware:
             if not replayed:
                 replayed = True
                 return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError(f"duplicate key {key[:64]!r} in a JSON object: which value is "
-                             "meant is ambiguous")
-        obj[key] = value
-    return obj
-
-
-def strict_json(body: bytes) -> Any:
-    """Parse a JSON body, refusing what a lenient parser would guess at or crash on.
-
-    Raises ValueError naming the problem: a duplicate key (last-wins would silently pick one
-    of two values for a measurement), nesting too deep for the parser (RecursionError), an
-    integer literal too long to convert. Ordinary syntax errors raise json.JSONDecodeError.
-    """
-    try:
-        return json.loads(body, object_pairs_hook=_unique_keys)
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
-    except json.JSONDecodeError:
-        raise
-    except ValueError as e:
-        if "digits" in str(e):  # int('9' * 5000): "Exceeds the limit (4300 digits)"
-            raise ValueError("a number has too many digits") from None
-        raise
-
-
-class JsonGuardMiddleware:
-    """Refuses (422) JSON bodies with duplicate keys, absurd nesting or absurd numbers before
-    the framework's lenient parse (last key wins, RecursionError as an opaque 400). Sits
-    inside the body limit, so the body it buffers is already bounded."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    @staticmethod
-    def _is_json(scope: Scope) -> bool:
-        ctype: bytes | None = dict(scope.get("headers") or []).get(b"content-type")
-        if ctype is None:
-            return True  # FastAPI parses a body without a content type as JSON
-        media = ctype.split(b";", 1)[0].strip().lower()
-        return bool(media == b"application/json" or (
-            media.startswith(b"application/") and media.endswith(b"+json")))
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in _BODYLESS or not self._is_json(scope):
-            await self.app(scope, receive, send)
-            return
-        chunks: list[bytes] = []
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            more = bool(message.get("more_body", False))
-        body = b"".join(chunks)
-        if body.strip():
-            try:
-                strict_json(body)
-            except json.JSONDecodeError:
-                pass  # plain syntax errors: the framework's 422 names the position
-            except (ValueError, UnicodeDecodeError) as e:
-                self.metrics.errors.labels(InvalidRequest.kind).inc()
-                payload = error_body(InvalidRequest.kind, f"body is not valid JSON ({e})")
-                await send({"type": "http.response.start", "status": InvalidRequest.status,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(payload)).encode())]})
-                await send({"type": "http.response.body", "body": payload})
-                return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
         await self.app(scope, replay, send)

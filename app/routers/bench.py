@@ -11,12 +11,14 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from app.jsonbody import StrictJsonRoute
 from app.schemas import PredictRequest
 from app.security import UserKey
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/bench", tags=["benchmark"], include_in_schema=False)
+router = APIRouter(prefix="/bench", tags=["benchmark"], include_in_schema=False,
+                   route_class=StrictJsonRoute)
 
 
 @router.post("/parse")

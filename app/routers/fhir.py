@@ -15,13 +15,14 @@ from fastapi.responses import JSONResponse
 
 from app.deps import MetricsDep, RegistryDep, SettingsDep
 from app.fhir import bundle_to_request, risk_assessment
+from app.jsonbody import StrictJsonRoute
 from app.schemas import ErrorResponse, PredictResponse
 from app.security import UserKey
 from app.service import predict, prepare
 
 __all__ = ["FHIR_JSON", "router"]
 
-router = APIRouter(prefix="/v1/predict", tags=["fhir"])
+router = APIRouter(prefix="/v1/predict", tags=["fhir"], route_class=StrictJsonRoute)
 
 FHIR_JSON = "application/fhir+json"
 _ERRORS: dict[int | str, dict[str, Any]] = {

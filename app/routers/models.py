@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from app.deps import MetricsDep, RegistryDep
 from app.errors import UnknownModel
+from app.jsonbody import StrictJsonRoute
 from app.registry import ModelRegistry
 from app.schemas import ErrorResponse, GridInfo, LoadFailure, ModelInfo, ModelList
 from app.security import AdminKey, UserKey
@@ -16,7 +17,7 @@ from models.checkpoint import Checkpoint
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], route_class=StrictJsonRoute)
 
 _AUTH: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "missing or unknown API key"},

@@ -18,12 +18,12 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from app import oip
 from app.deps import MetricsDep, RegistryDep, SettingsDep
 from app.errors import ServiceError
+from app.jsonbody import StrictJsonRoute
 from app.oip import InferRequest, OIPError, decode_inputs, encode_outputs, model_metadata
 from app.registry import ModelRegistry
 from app.security import UserKey
@@ -90,13 +90,14 @@ def _describe(exc: RequestValidationError) -> str:
     error: dict[str, Any] = errors[0] if errors else {}
     loc = [str(p) for p in error.get("loc", ()) if p != "body"]
     if error.get("type") == "json_invalid":
-        return "body is not valid JSON"
+        return f"body is not valid JSON ({(error.get('ctx') or {}).get('error', 'malformed')})"
     message = str(error.get("msg", "invalid request")).removeprefix("Value error, ")
     return f"{'.'.join(loc) or 'body'}: {message}"
 
 
-class _OIPRoute(APIRoute):
-    """Errors as the protocol writes them: `{"error": "..."}`, bad requests as 400."""
+class _OIPRoute(StrictJsonRoute):
+    """Errors as the protocol writes them: `{"error": "..."}`, bad requests as 400; bodies
+    parsed strictly (duplicate keys, absurd nesting and numbers are malformed JSON)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()

@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from app.deps import MetricsDep, RegistryDep, SettingsDep
 from app.errors import InvalidRequest, ServiceError
+from app.jsonbody import StrictJsonRoute
 from app.schemas import (
     EXAMPLE_ISO_REQUEST,
     EXAMPLE_REQUEST,
@@ -23,7 +24,7 @@ from app.service import Job, predict, prepare
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1/predict", tags=["predict"])
+router = APIRouter(prefix="/v1/predict", tags=["predict"], route_class=StrictJsonRoute)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text} for status, text in (

@@ -135,8 +135,23 @@ def test_wrong_datatype_or_shape_is_a_400_naming_the_tensor(client: TestClient) 
 def test_malformed_bodies_are_a_400_in_the_protocols_shape(client: TestClient) -> None:
     r = client.post("/v2/models/default/infer", content=b"{not json", headers={
         **USER, "Content-Type": "application/json"})
-    assert r.status_code == 400 and r.json() == {"error": "body is not valid JSON"}
+    assert r.status_code == 400 and list(r.json()) == ["error"]
+    assert r.json()["error"].startswith("body is not valid JSON")
     assert error_of(client, {"inputs": []}).startswith("inputs:")
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b'{"inputs": [], "inputs": []}', "duplicate key 'inputs'"),
+    (b"[" * 50_000 + b"]" * 50_000, "nested too deeply"),
+    (b'{"inputs": ' + b"9" * 5000 + b"}", "too many digits"),
+    (b'{"inputs": "\xff"}', "not UTF-8"),
+])
+def test_strictly_refused_bodies_are_a_400_in_the_protocols_shape(
+        client: TestClient, body: bytes, reason: str) -> None:
+    r = client.post("/v2/models/default/infer", content=body, headers={
+        **USER, "Content-Type": "application/json"})
+    assert r.status_code == 400 and list(r.json()) == ["error"], r.text
+    assert r.json()["error"].startswith("body is not valid JSON") and reason in r.json()["error"]
 
 
 def test_unknown_model_or_version_is_a_404(client: TestClient) -> None:

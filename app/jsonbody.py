@@ -1,0 +1,116 @@
+"""Strict JSON request bodies, parsed once per request.
+
+FastAPI parses a JSON body with `json.loads`, which silently keeps the last of two equal
+keys (an observation with two "value"s would be scored with one of them), turns absurd
+nesting into an opaque error and converts integers of any length. `StrictJsonRoute` makes
+every route of a router parse its body with `parse_json` instead, so what the route sees
+is exactly what the strict parser accepted, and a refusal goes through the router's own
+error handling: `{"error": {...}}` with 422 under /v1, `{"error": "..."}` with 400 under
+/v2 (whose route class builds on this one).
+
+`parse_json` is orjson (several times faster than the standard library) when the body
+needs nothing orjson decides differently, and the standard library with a duplicate-key
+hook otherwise; both give the same value for every body the fast path takes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import orjson
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+
+__all__ = ["StrictJsonRequest", "StrictJsonRoute", "parse_json"]
+
+# 19 digits in a row may be an integer beyond int64, which orjson reads as a float where
+# the standard library keeps the exact int (or refuses it as too long): the slow path.
+_LONG_NUMBER = re.compile(rb"\d{19}")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ValueError(f"duplicate key {key[:64]!r} in a JSON object: which value is "
+                             "meant is ambiguous")
+        seen.add(key)
+    raise AssertionError("unreachable: fewer keys than pairs means a repeated key")
+
+
+def _strict_stdlib(body: bytes) -> Any:
+    try:
+        return json.loads(body, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as e:
+        if "digits" in str(e):  # int('9' * 5000): "Exceeds the limit (4300 digits)"
+            raise ValueError("a number has too many digits") from None
+        raise
+
+
+def _fast(body: bytes) -> Any | None:
+    """orjson's value when it is provably the strict parser's, else None.
+
+    A duplicate key is the one thing orjson hides (last wins). Without backslashes there
+    are no escapes, so every colon of the body is either after a key or inside a string
+    that survives into the value; re-encoding the value drops a duplicate's key and value
+    and with them at least one colon. Equal colon counts therefore mean no duplicate.
+    """
+    if b"\\" in body or _LONG_NUMBER.search(body):
+        return None
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None  # NaN literals, nesting, lone surrogates...: the standard library decides
+    if orjson.dumps(value).count(b":") != body.count(b":"):
+        return None
+    return value
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a request body, refusing what a lenient parser would guess at or crash on.
+
+    Raises json.JSONDecodeError for every refusal, its `msg` naming the problem: a
+    duplicate key, nesting too deep for the parser, an integer literal too long to
+    convert, bytes that are not UTF-8, or a plain syntax error.
+    """
+    value = _fast(body)
+    if value is not None:
+        return value
+    try:
+        return _strict_stdlib(body)
+    except json.JSONDecodeError:
+        raise
+    except (ValueError, UnicodeDecodeError) as e:  # UnicodeDecodeError is a ValueError too
+        reason = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else str(e)
+        raise json.JSONDecodeError(reason, "", 0) from None
+
+
+class StrictJsonRequest(Request):
+    """A request whose `json()` is `parse_json`, cached like Starlette's."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = parse_json(await self.body())
+        return self._json
+
+
+class StrictJsonRoute(APIRoute):
+    """Route class for every router that takes a JSON body (`APIRouter(route_class=...)`)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            return await handler(StrictJsonRequest(request.scope, request.receive))
+
+        return route
