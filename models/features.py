@@ -17,7 +17,7 @@ tensorises 10,000 stays or the single stay of an HTTP request.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ __all__ = [
     "Normalizer",
     "Tensors",
     "tensorise",
+    "tensorise_rows",
 ]
 
 # Hours-since-last-observation enter the network as log1p(hours) / DELTA_SCALE so that
@@ -225,17 +226,77 @@ def tensorise(
     if patient_ids is None:
         patient_ids = sorted(pd.unique(obs["patient_id"].astype(str)))
     ids = [str(p) for p in patient_ids]
+    static_raw = _static_matrix(_align_patients(patients, ids), normalizer.static_features)
+    return _on_grid(ids, _codes(obs["patient_id"], ids), obs["time_hours"].to_numpy(np.float64),
+                    _codes(obs["variable"], normalizer.features),
+                    _codes(obs["variable"], interventions),
+                    obs["value"].to_numpy(np.float64), static_raw, normalizer, grid,
+                    interventions, until_hours)
+
+
+def tensorise_rows(
+    patient: np.ndarray,
+    time_hours: np.ndarray,
+    variables: Sequence[str],
+    value: np.ndarray,
+    statics: Sequence[Mapping[str, float | str | None]],
+    normalizer: Normalizer,
+    grid: Grid = Grid(),  # noqa: B008 - frozen dataclass, safe as a default
+    interventions: Sequence[str] = INTERVENTIONS,
+) -> Tensors:
+    """`tensorise` for rows already in arrays, without pandas: the service's path.
+
+    patient: (n_rows,) stay index of each row, 0..N-1 with N = len(statics); statics: per
+    stay, the descriptors given (by catalogue name; absent or None = missing). Gives the
+    same Tensors as `tensorise` on the equivalent DataFrames, patient ids "0".."N-1".
+    """
+    n = len(statics)
+    feature_index = {name: i for i, name in enumerate(normalizer.features)}
+    intervention_index = {name: i for i, name in enumerate(interventions)}
+    rows = len(variables)
+    feat_code = np.fromiter((feature_index.get(v, -1) for v in variables), np.int64, rows)
+    int_code = np.fromiter((intervention_index.get(v, -1) for v in variables), np.int64, rows)
+    static_raw = np.array([[_static_value(name, s.get(name)) for name in
+                            normalizer.static_features] for s in statics],
+                          dtype=np.float64).reshape(n, len(normalizer.static_features))
+    return _on_grid([str(i) for i in range(n)], np.asarray(patient, dtype=np.int64),
+                    np.asarray(time_hours, dtype=np.float64), feat_code, int_code,
+                    np.asarray(value, dtype=np.float64), static_raw, normalizer, grid,
+                    interventions, None)
+
+
+def _static_value(name: str, value: float | str | None) -> float:
+    """One raw static as `_static_matrix` codes it (sex: 1 = male, 0 = female)."""
+    if value is None:
+        return np.nan
+    if name == "sex" and not isinstance(value, int | float):
+        return _SEX_CODES.get(str(value).strip().lower(), np.nan)
+    try:
+        return float(value)
+    except ValueError:
+        return np.nan
+
+
+def _on_grid(
+    ids: list[str],
+    pid_code: np.ndarray,
+    time: np.ndarray,
+    feat_code: np.ndarray,
+    int_code: np.ndarray,
+    value: np.ndarray,
+    static_raw: np.ndarray,
+    normalizer: Normalizer,
+    grid: Grid,
+    interventions: Sequence[str],
+    until_hours: np.ndarray | None,
+) -> Tensors:
+    """The grid from rows as codes (-1: not this stay / feature / intervention)."""
     n, t_steps, step = len(ids), grid.n_steps, grid.step_hours
     features = normalizer.features
     n_f, n_i = len(features), len(interventions)
-
-    pid_code = _codes(obs["patient_id"], ids)
-    time = obs["time_hours"].to_numpy(np.float64)
     keep = pid_code >= 0
     if until_hours is not None:
         keep &= time < np.asarray(until_hours, dtype=np.float64)[np.clip(pid_code, 0, None)]
-    feat_code = _codes(obs["variable"], features)
-    int_code = _codes(obs["variable"], interventions)
     is_feat = keep & (feat_code >= 0)
     is_int = keep & (int_code >= 0)
 
@@ -248,7 +309,7 @@ def tensorise(
     # Measurements: last value per (stay, bin, feature); bins before the window fold into
     # slot 0 of a (T + 1)-slot array so they still seed carry-forward and hours-since.
     p, f = pid_code[is_feat], feat_code[is_feat]
-    tt, raw = time[is_feat], obs["value"].to_numpy(np.float64)[is_feat]
+    tt, raw = time[is_feat], value[is_feat]
     slot = np.clip(bins_all[is_feat] - offset[p] + 1, 0, None)
     flat = (p * (t_steps + 1) + slot) * n_f + f
     order = np.lexsort((tt, flat))  # the last row of each cell is its latest observation
@@ -280,11 +341,13 @@ def tensorise(
     step_mask = (steps >= first[:, None]) & (steps <= lastb[:, None])
 
     # Interventions: events summed per bin, rates/states carried forward.
+    # Rows after the window (past the stay's last measured bin) are not part of it.
     iv = np.zeros((n, t_steps, n_i), dtype=np.float64)
+    is_int[is_int] = bins_all[is_int] - offset[pid_code[is_int]] < t_steps
     if n_i and is_int.any():
         ip, ic = pid_code[is_int], int_code[is_int]
         itime = time[is_int]
-        ival = obs["value"].to_numpy(np.float64)[is_int]
+        ival = value[is_int]
         islot = np.clip(bins_all[is_int] - offset[ip] + 1, 0, None)
         modes = np.array([CATALOGUE[name].mode for name in interventions])
         event = modes[ic] == "event"
@@ -301,7 +364,6 @@ def tensorise(
                            np.take_along_axis(held, np.clip(src_i, 0, None), axis=1), 0.0)
         iv = np.where((modes == "event")[None, None, :], ev, carried)[:, 1:]
 
-    static_raw = _static_matrix(_align_patients(patients, ids), normalizer.static_features)
     missing = np.isnan(static_raw)
     static_z = np.where(missing, 0.0,
                         (static_raw - normalizer.static_mean) / normalizer.static_std)

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from models.catalogue import CATALOGUE
-from models.features import Grid, Normalizer, Tensors, tensorise
+from models.features import Grid, Normalizer, Tensors, tensorise, tensorise_rows
 
 
 def rows(*records: tuple[str, float, str, float]) -> pd.DataFrame:
@@ -140,3 +140,37 @@ def test_one_function_serves_a_single_request_and_a_large_batch_identically():
     np.testing.assert_array_equal(single.values[0], batch.values[7])
     np.testing.assert_array_equal(single.delta[0], batch.delta[7])
     assert single.inputs().shape == (1, 48, 3 * len(FEATURES))
+
+
+def test_the_array_path_gives_the_dataframe_paths_tensors():
+    """The service tensorises without pandas; training with DataFrames: same bytes."""
+    rng = np.random.default_rng(3)
+    names = ["heart_rate", "lactate", "sbp", "antibiotics", "vasopressor", "fluid_bolus",
+             "mech_vent", "glucose"]  # glucose: not a feature of this normaliser, ignored
+    n_rows, n_stays = 400, 5
+    patient = rng.integers(0, n_stays - 1, n_rows)  # the last stay has no rows at all
+    hours = rng.uniform(0, 70, n_rows).round(2)  # beyond the 48 h window: offsets
+    variables = [names[i] for i in rng.integers(0, len(names), n_rows)]
+    value = np.array([rng.uniform(*CATALOGUE[v].typical) for v in variables])
+    statics = [{"age": 70.0, "sex": "female"}, {"sex": "male", "weight": 81.5}, {},
+               {"age": 33, "height": 180.0, "sex": None}, {"age": 90.0}]
+    norm = Normalizer(("heart_rate", "lactate", "sbp"), np.array([90.0, 1.0, 120.0]),
+                      np.array([15.0, 0.5, 20.0]), static_mean=np.array([60.0, 0.5, 80, 170]),
+                      static_std=np.array([15.0, 0.5, 20, 10]))
+    frame = pd.DataFrame({"patient_id": patient.astype(str), "time_hours": hours,
+                          "variable": variables, "value": value})
+    table = pd.DataFrame([{"patient_id": str(i), **s} for i, s in enumerate(statics)])
+    ids = [str(i) for i in range(n_stays)]
+    expected = tensorise(frame, norm, Grid(1.0, 48), patients=table, patient_ids=ids)
+    got = tensorise_rows(patient, hours, variables, value, statics, norm, Grid(1.0, 48))
+    assert got.patient_ids == ids and got.offset.max() > 0
+    for name in ("values", "mask", "delta", "static", "step_mask", "offset", "interventions"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), err_msg=name)
+
+
+def test_interventions_after_the_window_are_left_out_not_an_index_error():
+    obs = rows(("a", 1.0, "heart_rate", 80), ("a", 60.0, "antibiotics", 1),
+               ("b", 2.0, "vasopressor", 0.1))  # b: an intervention and no measurement
+    t = tensorise(obs, IDENTITY, Grid(1.0, 48))
+    assert t.interventions[0].sum() == 0
+    assert t.interventions[1, 2:, 1].tolist() == [pytest.approx(0.1)] * 46
