@@ -6,11 +6,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.batching import Batcher
 from app.observability import Metrics
 from app.registry import ModelRegistry
 from app.settings import Settings
 
-__all__ = ["MetricsDep", "RegistryDep", "SettingsDep"]
+__all__ = ["BatcherDep", "MetricsDep", "RegistryDep", "SettingsDep"]
 
 
 def get_registry(request: Request) -> ModelRegistry:
@@ -28,6 +29,12 @@ def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
+def get_batcher(request: Request) -> Batcher:
+    batcher: Batcher = request.app.state.batcher
+    return batcher
+
+
+BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

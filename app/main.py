@@ -19,11 +19,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
+from app.batching import Batcher
 from app.errors import ServiceError
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware, error_body
 from app.observability import Metrics, configure_logging, logger
 from app.registry import ModelRegistry
 from app.routers import bench, fhir, health, models, oip, predict
+from app.service import predict_each
 from app.settings import Settings, get_settings
 
 __all__ = ["create_app"]
@@ -131,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     metrics = Metrics()
     registry = ModelRegistry(settings.model_dir, settings.default_model)
+    batcher = Batcher(predict_each, settings.batch_patients, settings.batch_delay_ms / 1000)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -142,12 +145,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry.load()
         metrics.models_loaded.set(len(registry.models))
         metrics.load_failures.inc(len(registry.failures))
-        yield
+        batcher.start()
+        try:
+            yield
+        finally:
+            batcher.stop()
 
     app = FastAPI(title="vitalcast", version="1", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = registry
     app.state.metrics = metrics
+    app.state.batcher = batcher
     _install_handlers(app, metrics)
     for router in (predict.router, fhir.router, models.router, health.router, oip.router):
         app.include_router(router)

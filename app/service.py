@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
-import pandas as pd
 
 from app.errors import InvalidRequest, ModelFailure, ServiceError
 from app.schemas import (
@@ -30,53 +30,74 @@ from app.schemas import (
     Risk,
 )
 from app.timebase import Timebase
-from models.catalogue import CATALOGUE, STATICS, check_value
+from models.catalogue import CATALOGUE, check_value
 from models.checkpoint import Checkpoint
+from models.features import tensorise_rows
 from models.news2 import NEWS2_PARAMETERS, news2, news2_missing
-from models.predict import Prediction, score
+from models.predict import Prediction, score_tensors
 
-__all__ = ["Job", "predict", "prepare"]
+__all__ = ["Job", "predict", "predict_each", "prepare"]
 
 
 @dataclass(frozen=True)
 class Job:
-    """One patient ready to score: the request, its model and its times in hours."""
+    """One patient ready to score: the request, its model and its rows as arrays."""
 
     request: PredictRequest
     ckpt: Checkpoint  # taken when the request started; a reload does not change it
     timebase: Timebase
     hours: np.ndarray  # (n_obs,) hours since admission, request order
+    variables: list[str]  # (n_obs,) variable names, request order
+    values: np.ndarray  # (n_obs,) values, request order
+    names: list[str]  # the distinct variables, in order of first appearance
+    code: np.ndarray  # (n_obs,) position of each row's variable in `names`
     warnings: tuple[str, ...]
 
 
 def prepare(request: PredictRequest, ckpt: Checkpoint, max_observations: int) -> Job:
-    """Checks that need the model or the settings; raises InvalidRequest naming the problem."""
-    n = len(request.observations)
+    """Checks that need the model or the settings; raises InvalidRequest naming the problem.
+
+    Every later step works on arrays made here in one pass over the observations.
+    """
+    observations = request.observations
+    n = len(observations)
     if n > max_observations:
         raise InvalidRequest(f"observations: {n} observations exceed the limit of "
                              f"{max_observations} per patient")
     if ckpt.task != "risk":
         raise InvalidRequest(f"model {ckpt.name!r} is a {ckpt.task} model; /v1/predict needs "
                              "a risk model")
-    features = set(ckpt.normalizer.features)
-    used = [o.variable in features for o in request.observations]
-    if not any(used):
+    variables = [o.variable for o in observations]
+    names = list(dict.fromkeys(variables))
+    if set(ckpt.normalizer.features).isdisjoint(names):
         raise InvalidRequest(
             f"observations: none is of a variable model {ckpt.name!r} uses; it needs at least "
             f"one of: {', '.join(ckpt.normalizer.features)}")
     timebase = request.timebase()
-    hours = np.array([timebase.hours(o.time) for o in request.observations], dtype=np.float64)
-    return Job(request, ckpt, timebase, hours, tuple(_warnings(request, ckpt, hours)))
+    if timebase.kind == "hours":
+        hours = np.fromiter((o.time for o in observations), np.float64, n)
+    else:
+        hours = np.array([timebase.hours(o.time) for o in observations], dtype=np.float64)
+    values = np.fromiter((o.value for o in observations), np.float64, n)
+    position = {name: i for i, name in enumerate(names)}
+    code = np.fromiter(map(position.__getitem__, variables), np.int64, n)
+    job = Job(request, ckpt, timebase, hours, variables, values, names, code, ())
+    return Job(request, ckpt, timebase, hours, variables, values, names, code,
+               tuple(_warnings(job)))
 
 
-def _warnings(request: PredictRequest, ckpt: Checkpoint, hours: np.ndarray) -> list[str]:
+def _warnings(job: Job) -> list[str]:
+    request, ckpt, hours, values = job.request, job.ckpt, job.hours, job.values
     out: list[str] = []
     atypical: dict[str, tuple[str, int]] = {}
-    for obs in request.observations:
-        _, message = check_value(obs.variable, obs.value)
+    typical = np.array([CATALOGUE[name].typical for name in job.names], dtype=np.float64)
+    lo, hi = typical[job.code, 0], typical[job.code, 1]
+    for i in np.flatnonzero((values < lo) | (values > hi)):  # request order
+        name = job.variables[i]
+        _, message = check_value(name, float(values[i]))
         if message is not None:
-            first, count = atypical.get(obs.variable, (message, 0))
-            atypical[obs.variable] = (first, count + 1)
+            first, count = atypical.get(name, (message, 0))
+            atypical[name] = (first, count + 1)
     if request.static is not None:
         for name, value in request.static.numeric().items():
             if isinstance(value, float):
@@ -86,14 +107,13 @@ def _warnings(request: PredictRequest, ckpt: Checkpoint, hours: np.ndarray) -> l
     for first, count in atypical.values():
         out.append(first if count == 1 else f"{first} (and {count - 1} more such values)")
     features = set(ckpt.normalizer.features)
-    unused = sorted({o.variable for o in request.observations
-                     if CATALOGUE[o.variable].kind == "measurement"
-                     and o.variable not in features})
+    unused = sorted(name for name in job.names
+                    if CATALOGUE[name].kind == "measurement" and name not in features)
     if unused:
         out.append(f"model {ckpt.name!r} does not use: {', '.join(unused)} (ignored)")
     step, n_steps = ckpt.grid.step_hours, ckpt.grid.n_steps
-    measured = hours[[o.variable in features for o in request.observations]]
-    last_bin = int(math.floor(measured.max() / step))
+    used = np.array([name in features for name in job.names])
+    last_bin = int(math.floor(hours[used[job.code]].max() / step))
     if last_bin + 1 > n_steps:
         seen_from = (last_bin + 1 - n_steps) * step
         out.append(f"the series spans more than the model's {n_steps * step:g} h window: "
@@ -101,31 +121,13 @@ def _warnings(request: PredictRequest, ckpt: Checkpoint, hours: np.ndarray) -> l
     return out
 
 
-def _frames(jobs: Sequence[Job]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """Long-format observations and the per-patient table; ids are batch positions."""
-    ids = [str(i) for i in range(len(jobs))]
-    observations = pd.DataFrame({
-        "patient_id": np.repeat(ids, [len(j.request.observations) for j in jobs]),
-        "time_hours": np.concatenate([j.hours for j in jobs]),
-        "variable": [o.variable for j in jobs for o in j.request.observations],
-        "value": np.array([o.value for j in jobs for o in j.request.observations],
-                          dtype=np.float64),
-    })
-    statics = [j.request.static.numeric() if j.request.static else {} for j in jobs]
-    patients = pd.DataFrame({
-        "patient_id": ids,
-        **{name: [s.get(name) for s in statics] for name in STATICS},
-    })
-    return observations, patients, ids
-
-
 def _news2(job: Job) -> News2:
-    latest: dict[str, float] = {}
-    order = np.argsort(job.hours, kind="stable")  # the last row per name is its latest value
-    for i in order:
-        obs = job.request.observations[i]
-        if obs.variable in NEWS2_PARAMETERS:
-            latest[obs.variable] = obs.value
+    # The latest row of each variable: the first in reversed stable time order.
+    order = np.argsort(job.hours, kind="stable")[::-1]
+    names, first = np.unique(job.code[order], return_index=True)
+    latest = {job.names[int(c)]: float(job.values[order[i]]) for c, i in zip(names, first,
+                                                                              strict=True)
+              if job.names[int(c)] in NEWS2_PARAMETERS}
     total, parts = news2(latest)
     return News2(score=total, parts=parts, missing=list(news2_missing(latest)))
 
@@ -147,7 +149,7 @@ def _explanation(job: Job, pred: Prediction) -> Explanation:
     ]
     # A variable the request never mentions equals the attribution baseline ("nothing
     # observed"), so its contribution is zero up to float noise: list only those it holds.
-    present = {o.variable for o in job.request.observations}
+    present = set(job.names)
     contributions = {k: v for k, v in (pred.contributions or {}).items() if k in present}
     ranked = sorted(contributions.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
     return Explanation(
@@ -172,24 +174,42 @@ def _response(job: Job, pred: Prediction) -> PredictResponse:
     )
 
 
-def predict(jobs: Sequence[Job]) -> list[PredictResponse]:
-    """Score prepared patients, one batched call per model; responses in input order.
+def predict_each(jobs: Sequence[Job]) -> list[PredictResponse | ServiceError]:
+    """Score prepared patients, one batched call per model; per patient its response or the
+    error that is about it alone (a non-finite output), in input order.
 
     Blocking (torch): call it from a worker thread, not the event loop.
     """
     groups: dict[int, list[int]] = {}
     for i, job in enumerate(jobs):
         groups.setdefault(id(job.ckpt), []).append(i)
-    responses: list[PredictResponse | None] = [None] * len(jobs)
+    outcomes: list[PredictResponse | ServiceError | None] = [None] * len(jobs)
     for members in groups.values():
         group = [jobs[i] for i in members]
-        observations, patients, ids = _frames(group)
-        predictions = score(group[0].ckpt, observations, patients, ids, explain=True)
+        ckpt = group[0].ckpt
+        tensors = tensorise_rows(
+            np.repeat(np.arange(len(group)), [len(j.hours) for j in group]),
+            np.concatenate([j.hours for j in group]),
+            list(chain.from_iterable(j.variables for j in group)),
+            np.concatenate([j.values for j in group]),
+            [j.request.static.numeric() if j.request.static else {} for j in group],
+            ckpt.normalizer, ckpt.grid)
+        predictions = score_tensors(ckpt, tensors, explain=True)
         if len(predictions) != len(group):
             raise ModelFailure("the model returned a different number of predictions")
         for i, job, pred in zip(members, group, predictions, strict=True):
             try:
-                responses[i] = _response(job, pred)
+                outcomes[i] = _response(job, pred)
             except ServiceError as e:
-                raise e.in_batch(i) if len(jobs) > 1 else e from None
-    return [r for r in responses if r is not None]
+                outcomes[i] = e
+    return [o for o in outcomes if o is not None]
+
+
+def predict(jobs: Sequence[Job]) -> list[PredictResponse]:
+    """`predict_each`, raising the first patient's error (named by its batch index)."""
+    responses = []
+    for i, outcome in enumerate(predict_each(jobs)):
+        if isinstance(outcome, ServiceError):
+            raise outcome.in_batch(i) if len(jobs) > 1 else outcome
+        responses.append(outcome)
+    return responses

@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1)
     # torch intra-op threads per process: small, so workers do not oversubscribe the cores
     torch_threads: int = Field(default=1, ge=1)
+    # most patients the inference thread scores in one batch (concurrent requests merged)
+    batch_patients: int = Field(default=64, ge=1)
+    # ms a batch is held open for more concurrent requests; 0 = score what is queued now
+    batch_delay_ms: float = Field(default=0.0, ge=0, le=100)
     # mounts POST /bench/parse (parse + validate, constant answer) for benchmarks.http only
     benchmark_routes: bool = False
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, Body, Response
+from pydantic import BaseModel
 
-from app.deps import MetricsDep, RegistryDep, SettingsDep
+from app.deps import BatcherDep, MetricsDep, RegistryDep, SettingsDep
 from app.errors import InvalidRequest, ServiceError
 from app.jsonbody import StrictJsonRoute
 from app.schemas import (
@@ -20,7 +20,7 @@ from app.schemas import (
     PredictResponse,
 )
 from app.security import UserKey
-from app.service import Job, predict, prepare
+from app.service import Job, prepare
 
 __all__ = ["router"]
 
@@ -41,31 +41,43 @@ EXAMPLES = {
 }
 
 
-def _score(jobs: list[Job], metrics: MetricsDep) -> list[PredictResponse]:
-    responses = predict(jobs)
+async def _score(jobs: list[Job], batcher: BatcherDep, metrics: MetricsDep
+                 ) -> list[PredictResponse]:
+    """Score on the inference thread, with whatever other requests are waiting."""
+    responses = []
+    for i, outcome in enumerate(await batcher.submit(jobs)):
+        if isinstance(outcome, ServiceError):
+            raise outcome.in_batch(i) if len(jobs) > 1 else outcome
+        responses.append(outcome)
     for r in responses:
         metrics.predictions.labels(r.model.name, r.model.version).inc()
     return responses
+
+
+def _json(body: BaseModel) -> Response:
+    """The response model's JSON as is: FastAPI would dump, re-validate and re-encode it."""
+    return Response(body.model_dump_json(), media_type="application/json")
 
 
 @router.post("", response_model=PredictResponse, responses=ERRORS,
              summary="Risk, prognosis and explanation for one patient")
 async def predict_one(
     request: Annotated[PredictRequest, Body(openapi_examples=EXAMPLES)],
-    registry: RegistryDep, settings: SettingsDep, metrics: MetricsDep, _: UserKey,
-) -> PredictResponse:
+    registry: RegistryDep, settings: SettingsDep, metrics: MetricsDep, batcher: BatcherDep,
+    _: UserKey,
+) -> Response:
     ckpt = registry.get(request.model)  # this request's model, whatever a reload does next
     job = prepare(request, ckpt, settings.max_observations)
-    (response,) = await run_in_threadpool(_score, [job], metrics)
-    return response
+    (response,) = await _score([job], batcher, metrics)
+    return _json(response)
 
 
 @router.post("/batch", response_model=BatchResponse, responses=ERRORS,
              summary="Many patients in one request, answered in the same order")
 async def predict_batch(
     batch: BatchRequest, registry: RegistryDep, settings: SettingsDep, metrics: MetricsDep,
-    _: UserKey,
-) -> BatchResponse:
+    batcher: BatcherDep, _: UserKey,
+) -> Response:
     if len(batch.patients) > settings.max_batch:
         raise InvalidRequest(f"patients: {len(batch.patients)} patients exceed the limit of "
                              f"{settings.max_batch} per batch")
@@ -75,4 +87,4 @@ async def predict_batch(
             jobs.append(prepare(request, registry.get(request.model), settings.max_observations))
         except ServiceError as e:
             raise e.in_batch(i) from None
-    return BatchResponse(results=await run_in_threadpool(_score, jobs, metrics))
+    return _json(BatchResponse(results=await _score(jobs, batcher, metrics)))

@@ -53,7 +53,7 @@ def test_a_full_request_cycle_logs_no_patient_data_or_keys(
             def explode(*args: object, **kwargs: object) -> None:
                 raise RuntimeError(f"boom for {PATIENT} at 187.3")
 
-            monkeypatch.setattr(app.service, "score", explode)
+            monkeypatch.setattr(app.service, "score_tensors", explode)
             r = c.post("/v1/predict", json=body, headers=USER,
                        params={"patient": PATIENT})
             assert r.status_code == 500

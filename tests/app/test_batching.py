@@ -1,0 +1,109 @@
+"""Micro-batching: concurrent requests share a batch and each gets its own answer; an error
+stays with the request it is about."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.batching import Batcher, Outcome
+from app.errors import ModelFailure
+from tests.app.support import USER, request_body
+
+
+class FakeScore:
+    """Answers each job with itself; the first call blocks until released."""
+
+    def __init__(self, fail_on: object = None) -> None:
+        self.batches: list[list[Any]] = []
+        self.release = threading.Event()
+        self.fail_on = fail_on
+
+    def __call__(self, jobs: Sequence[Any]) -> list[Outcome]:
+        if not self.batches:
+            self.release.wait(10)
+        self.batches.append(list(jobs))
+        if self.fail_on in jobs:
+            raise RuntimeError("this job breaks the model")
+        return [ModelFailure(f"job {j}") if j == "unusable" else j for j in jobs]
+
+
+async def _submit_all(batcher: Batcher, score: FakeScore, requests: list[list[Any]]
+                      ) -> list[Any]:
+    first = asyncio.ensure_future(batcher.submit(requests[0]))
+    await asyncio.sleep(0.05)  # the first request is being scored: the others queue up
+    rest = [asyncio.ensure_future(batcher.submit(r)) for r in requests[1:]]
+    await asyncio.sleep(0.05)
+    score.release.set()
+    return await asyncio.gather(first, *rest, return_exceptions=True)
+
+
+def test_requests_queued_during_a_batch_are_scored_together_in_order() -> None:
+    score = FakeScore()
+    batcher = Batcher(score, max_patients=64)  # type: ignore[arg-type]
+    requests = [["a"], ["b1", "b2"], ["c"], ["unusable"], ["d"]]
+    try:
+        results = asyncio.run(_submit_all(batcher, score, requests))
+    finally:
+        batcher.stop()
+    assert [len(b) for b in score.batches] == [1, 5]  # everything queued went in one batch
+    assert results[:3] == [["a"], ["b1", "b2"], ["c"]] and results[4] == ["d"]
+    assert isinstance(results[3][0], ModelFailure)  # an unusable output is that request's
+
+
+def test_batches_hold_at_most_max_patients_and_never_split_a_request() -> None:
+    score = FakeScore()
+    batcher = Batcher(score, max_patients=3)  # type: ignore[arg-type]
+    requests = [["a"], ["b1", "b2"], ["c1", "c2"], ["d"]]
+    try:
+        results = asyncio.run(_submit_all(batcher, score, requests))
+    finally:
+        batcher.stop()
+    assert [b for b in score.batches] == [["a"], ["b1", "b2", "c1", "c2"], ["d"]]
+    assert results == requests
+
+
+def test_an_exception_in_a_merged_batch_fails_only_the_request_that_caused_it() -> None:
+    score = FakeScore(fail_on="bad")
+    batcher = Batcher(score, max_patients=64)  # type: ignore[arg-type]
+    try:
+        results = asyncio.run(_submit_all(batcher, score, [["a"], ["b"], ["bad"], ["c"]]))
+    finally:
+        batcher.stop()
+    assert results[:2] == [["a"], ["b"]] and results[3] == ["c"]
+    assert isinstance(results[2], RuntimeError)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.02])
+def test_stop_finishes_what_is_queued(delay: float) -> None:
+    batcher = Batcher(lambda jobs: list(jobs), max_patients=4,  # type: ignore[arg-type, return-value]
+                      max_delay_s=delay)
+
+    async def run() -> list[list[Outcome]]:
+        return list(await asyncio.gather(*(batcher.submit([i]) for i in range(10))))  # type: ignore[list-item]
+
+    try:
+        assert asyncio.run(run()) == [[i] for i in range(10)]
+    finally:
+        batcher.stop()
+
+
+def test_concurrent_http_requests_each_get_their_own_answer(client: TestClient) -> None:
+    bodies = [request_body(patient_id=f"p{i}", observations=[
+        {"time": 0.5 + i, "variable": "heart_rate", "value": 60 + 5 * i},
+        {"time": 1.0 + i, "variable": "lactate", "value": 1.0 + i / 4}]) for i in range(12)]
+    alone = [client.post("/v1/predict", json=b, headers=USER).json() for b in bodies]
+    with ThreadPoolExecutor(12) as pool:
+        together = list(pool.map(
+            lambda b: client.post("/v1/predict", json=b, headers=USER).json(), bodies))
+    for a, t in zip(alone, together, strict=True):
+        assert t["patient_id"] == a["patient_id"]
+        assert t["risk"]["probability"] == pytest.approx(a["risk"]["probability"], abs=1e-6)
+        assert [v["variable"] for v in t["explanation"]["variables"]] == [
+            v["variable"] for v in a["explanation"]["variables"]]
