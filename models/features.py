@@ -17,6 +17,7 @@ tensorises 10,000 stays or the single stay of an HTTP request.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -268,13 +269,13 @@ def tensorise_rows(
 def _static_value(name: str, value: float | str | None) -> float:
     """One raw static as `_static_matrix` codes it (sex: 1 = male, 0 = female)."""
     if value is None:
-        return np.nan
+        return math.nan
     if name == "sex" and not isinstance(value, int | float):
-        return _SEX_CODES.get(str(value).strip().lower(), np.nan)
+        return _SEX_CODES.get(str(value).strip().lower(), math.nan)
     try:
         return float(value)
     except ValueError:
-        return np.nan
+        return math.nan
 
 
 def _on_grid(
