@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
+import app.schemas
 from app.main import create_app
+from app.schemas import Observation, PredictRequest, _plain_observations
 from tests.app.support import USER, request_body, settings_for
 
 
@@ -159,3 +165,36 @@ def test_batch_over_the_limit_gets_422(shared_model_dir) -> None:
 def test_unknown_route_gets_an_error_body(client: TestClient) -> None:
     r = client.get("/v2/nothing", headers=USER)
     assert r.status_code == 404 and r.json()["error"]["kind"] == "not_found"
+
+
+ROW_TIMES = st.one_of(st.integers(-5, 10**6), st.floats(allow_nan=True, allow_infinity=True),
+                      st.booleans(), st.just("2026-11-22T08:30:00+01:00"), st.none())
+ROW_VARIABLES = st.one_of(st.sampled_from(["heart_rate", "lactate", "antibiotics", "age",
+                                           "heart_rat", ""]), st.integers(), st.none())
+ROW_VALUES = st.one_of(st.integers(-10, 10**4), st.floats(allow_nan=True, allow_infinity=True),
+                       st.booleans(), st.just("118"), st.none())
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.fixed_dictionaries({"time": ROW_TIMES, "variable": ROW_VARIABLES,
+                                       "value": ROW_VALUES}), min_size=1, max_size=4))
+def test_plain_rows_skip_the_validators_with_the_same_result(rows: list[dict[str, Any]]) -> None:
+    """The fast path builds exactly what the validators would, and only when they accept."""
+    plain = _plain_observations(rows)
+    if plain is None:
+        return
+    assert plain == [Observation.model_validate(row) for row in rows]
+    assert [o.model_fields_set for o in plain] == [{"time", "variable", "value"}] * len(rows)
+
+
+def test_a_request_of_plain_rows_takes_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = request_body()
+    expected = [Observation.model_validate(o) for o in body["observations"]]  # type: ignore[union-attr]
+
+    def validator_ran(*args: object) -> None:
+        raise AssertionError("the per-field validators ran")
+
+    monkeypatch.setattr(app.schemas, "parse_time", validator_ran)  # what the time field calls
+    assert PredictRequest.model_validate(body).observations == expected
+    with pytest.raises(ValidationError, match="validators ran"):  # not a plain row: they run
+        PredictRequest.model_validate(request_body(observations=[obs(time="1.5")]))
