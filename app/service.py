@@ -30,6 +30,8 @@ from app.schemas import (
     Risk,
 )
 from app.timebase import Timebase
+from app.whatif import PlanQuestion, answer_what_if, prepare_what_if
+from app.whatif_schemas import WhatIfAnswer
 from models.catalogue import CATALOGUE, check_value
 from models.checkpoint import Checkpoint
 from models.features import tensorise_rows
@@ -52,6 +54,7 @@ class Job:
     names: list[str]  # the distinct variables, in order of first appearance
     code: np.ndarray  # (n_obs,) position of each row's variable in `names`
     warnings: tuple[str, ...]
+    what_if: PlanQuestion | None = None  # the request's plans, when it asks what-if
 
 
 def prepare(request: PredictRequest, ckpt: Checkpoint, max_observations: int) -> Job:
@@ -64,7 +67,7 @@ def prepare(request: PredictRequest, ckpt: Checkpoint, max_observations: int) ->
     if n > max_observations:
         raise InvalidRequest(f"observations: {n} observations exceed the limit of "
                              f"{max_observations} per patient")
-    if ckpt.task != "risk":
+    if ckpt.task not in ("risk", "effect"):  # an effect checkpoint carries a risk model too
         raise InvalidRequest(f"model {ckpt.name!r} is a {ckpt.task} model; /v1/predict needs "
                              "a risk model")
     variables = [o.variable for o in observations]
@@ -82,8 +85,10 @@ def prepare(request: PredictRequest, ckpt: Checkpoint, max_observations: int) ->
     position = {name: i for i, name in enumerate(names)}
     code = np.fromiter(map(position.__getitem__, variables), np.int64, n)
     job = Job(request, ckpt, timebase, hours, variables, values, names, code, ())
+    question = prepare_what_if(request.what_if, ckpt, hours, timebase) \
+        if request.what_if else None
     return Job(request, ckpt, timebase, hours, variables, values, names, code,
-               tuple(_warnings(job)))
+               tuple(_warnings(job)), question)
 
 
 def _warnings(job: Job) -> list[str]:
@@ -171,7 +176,16 @@ def _response(job: Job, pred: Prediction) -> PredictResponse:
         news2=_news2(job),
         explanation=_explanation(job, pred),
         warnings=list(job.warnings),
+        what_if=_what_if(job),
     )
+
+
+def _what_if(job: Job) -> list[WhatIfAnswer] | None:
+    if job.what_if is None:
+        return None
+    statics = job.request.static.numeric() if job.request.static else {}
+    return answer_what_if(job.what_if, job.ckpt, job.timebase, job.hours, job.variables,
+                          job.values, statics)
 
 
 def predict_each(jobs: Sequence[Job]) -> list[PredictResponse | ServiceError]:

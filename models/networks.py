@@ -25,6 +25,7 @@ __all__ = [
     "ModelConfig",
     "ModelOutput",
     "RecurrentModel",
+    "build_encoder",
     "build_model",
     "variants",
 ]
@@ -50,11 +51,14 @@ class RecurrentModel(nn.Module):
         return ModelOutput(risk_logit=risk, los=los, attention=weights)
 
 
+_ENCODERS: dict[str, Callable[[ModelConfig], TorchRNNEncoder | JordanEncoder]] = {
+    "elman": lambda c: TorchRNNEncoder(nn.RNN, c),
+    "jordan": JordanEncoder,
+    "lstm": lambda c: TorchRNNEncoder(nn.LSTM, c),
+    "gru": lambda c: TorchRNNEncoder(nn.GRU, c),
+}
 _CONSTRUCTORS: dict[str, Callable[[ModelConfig], nn.Module]] = {
-    "elman": lambda c: RecurrentModel(TorchRNNEncoder(nn.RNN, c), c),
-    "jordan": lambda c: RecurrentModel(JordanEncoder(c), c),
-    "lstm": lambda c: RecurrentModel(TorchRNNEncoder(nn.LSTM, c), c),
-    "gru": lambda c: RecurrentModel(TorchRNNEncoder(nn.GRU, c), c),
+    **{arch: lambda c: RecurrentModel(build_encoder(c), c) for arch in _ENCODERS},
     "seq2seq": Seq2Seq,
 }
 
@@ -62,6 +66,14 @@ _CONSTRUCTORS: dict[str, Callable[[ModelConfig], nn.Module]] = {
 def build_model(cfg: ModelConfig) -> nn.Module:
     """A fresh, randomly initialised model for `cfg` (seed torch first for reproducibility)."""
     return _CONSTRUCTORS[cfg.arch](cfg)
+
+
+def build_encoder(cfg: ModelConfig) -> TorchRNNEncoder | JordanEncoder:
+    """The recurrent history encoder of `cfg.arch` alone, without pooling or heads (the
+    treatment-effect networks of models/effect.py put their own heads on it)."""
+    if cfg.arch not in _ENCODERS:
+        raise ValueError(f"{cfg.arch} has no standalone encoder; known: {sorted(_ENCODERS)}")
+    return _ENCODERS[cfg.arch](cfg)
 
 
 def variants() -> list[tuple[str, bool]]:

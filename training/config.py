@@ -22,7 +22,7 @@ __all__ = [
     "load_config_file",
 ]
 
-TASKS = ("risk", "forecast")  # "effect" (issue 11) registers here when it lands
+TASKS = ("risk", "forecast", "effect")
 RECURRENT_ARCHS = ("elman", "jordan", "lstm", "gru")
 # Vitals and the one fast lab a bedside forecast is useful for; all are catalogue names.
 DEFAULT_FORECAST_TARGETS = (
@@ -39,7 +39,8 @@ class TrainConfig:
     data: str = ""  # data directory (observations, patients[, truth])
     name: str = "default"  # checkpoint name under model_dir
     model_dir: str = "checkpoints"  # where versions are published
-    task: str = "risk"  # "risk" (risk + LOS heads) or "forecast" (seq2seq, plus both heads)
+    task: str = "risk"  # "risk" (risk + LOS heads), "forecast" (seq2seq, plus both heads) or
+    # "effect" (a risk model plus the what-if networks of training/effect.py)
     arch: str = "lstm"  # elman | jordan | lstm | gru (forecast always uses seq2seq)
     bidirectional: bool = False  # elman/lstm/gru only; prefixes are cut so it never sees ahead
     hidden: int = 64  # recurrent state size per direction
@@ -65,6 +66,7 @@ class TrainConfig:
     horizon: int = 6  # forecast: bins ahead
     targets: tuple[str, ...] = DEFAULT_FORECAST_TARGETS  # forecast: variables predicted
     device: str = "auto"  # "auto" (cuda when present), "cpu" or "cuda"
+    effect_members: int = 2  # effect: ensemble members per estimator (adjusted and naive)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -75,7 +77,7 @@ class TrainConfig:
             raise ConfigError("a Jordan network feeds its output forward; it has no "
                               "bidirectional variant")
         positive = ("hidden", "layers", "attn_dim", "batch_size", "epochs", "n_steps",
-                    "threads", "horizon")
+                    "threads", "horizon", "effect_members")
         for key in positive:
             if int(getattr(self, key)) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")

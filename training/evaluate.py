@@ -36,6 +36,7 @@ from models.features import Tensors, tensorise
 from models.predict import Prediction, score, score_tensors
 from training.baselines import LastValueModel, last_value_matrix, news2_scores, patient_column
 from training.data import Dataset, load_dataset
+from training.effect_eval import effect_report, effect_summary
 from training.metrics import binary_report, bootstrap_indices, compare_auroc, mean_abs_error
 from training.report_plots import (
     EXAMPLE_VITALS,
@@ -342,6 +343,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         body = _forecast_report(ckpt, ds, obs, ids, cfg, out)
     else:
         body = _risk_report(ckpt, ds, obs, ids, window, cfg, out)
+        if ckpt.task == "effect" and ds.counterfactuals is not None:  # what-if vs the truth
+            effect = effect_report(ckpt, ds, ids, out)
+            body["plots"] += effect.pop("plots")
+            body.update(effect)
     metrics: dict[str, Any] = {
         "model": {"name": ckpt.name, "version": ckpt.version, "task": ckpt.task,
                   "architecture": ckpt.config.arch, "bidirectional": ckpt.config.bidirectional,
@@ -387,7 +392,7 @@ def _summary(m: dict[str, Any]) -> str:
     if "top_variable_driven_rate" in att:
         lines.append(f"top variable driven {att['top_variable_driven_rate']:.3f} vs chance "
                      f"{att['chance_rate']:.3f} (n={att['top_variable_n']})")
-    return "\n".join(lines)
+    return "\n".join(lines + effect_summary(m))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """Fit, calibrate and publish a model.
 
     python -m training.train --data DIR --arch {elman,jordan,lstm,gru} [--bidirectional]
-                             [--task risk|forecast] --name NAME --model-dir DIR
+                             [--task risk|forecast|effect] --name NAME --model-dir DIR
                              [--epochs N] [--hidden H] [--lr LR] ... [--config FILE] [--resume]
     torchrun --nproc_per_node=2 -m training.train ...      (data parallel, one checkpoint)
 
@@ -32,11 +32,13 @@ from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from models.catalogue import MEASUREMENTS
 from models.checkpoint import save_checkpoint
+from models.effect import effect_meta, effect_tensors
 from models.features import Grid, Normalizer, tensorise
 from models.networks import ModelConfig, build_model
 from training.calibration import expected_calibration_error, fit_temperature, sigmoid
 from training.config import TASKS, ConfigError, TrainConfig, load_config_file
 from training.data import load_dataset
+from training.effect import fit_effect
 from training.loop import Distributed, fit, setup_distributed, teardown
 from training.prefixes import StayTensors
 from training.runstate import RunStore
@@ -232,12 +234,18 @@ def _train(cfg: TrainConfig, resume: bool, d: Distributed, t0: float) -> TrainRe
         train_config=cfg.to_dict(), history=result.history,
         prefix_hours=[cfg.min_prefix_hours, cfg.max_prefix_hours],
     )
+    tensors = None
+    if cfg.task == "effect":  # the what-if networks, saved beside the risk model
+        fitted = fit_effect(cfg, load_dataset(cfg.data), prep.split, prep.normalizer,
+                            prep.grid, d)
+        extra["effect"], tensors = effect_meta(fitted.model), effect_tensors(fitted.model)
+        metrics.update(fitted.metrics)
     version_dir = None
     if d.is_main:
         version_dir = save_checkpoint(
             cfg.model_dir, cfg.name, model.cpu(), mcfg, prep.normalizer, prep.grid,
             temperature=temperature, task=cfg.task, metrics=metrics,
-            fingerprint=prep.fingerprint, extra=extra)
+            fingerprint=prep.fingerprint, extra=extra, tensors=tensors)
         store.clear()
     metrics["seconds_total"] = round(time.perf_counter() - t0, 2)
     return TrainResult(version_dir, metrics, result.history)
@@ -275,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("threads", int, "torch threads (split across processes)"),
         ("max-patients", int, "use a seeded subsample of this many stays (0 = all)"),
         ("horizon", int, "forecast bins ahead"),
+        ("effect-members", int, "effect: ensemble members per estimator"),
         ("targets", str, "forecast variables, comma-separated"),
         ("device", str, "auto, cpu or cuda"),
     ]
