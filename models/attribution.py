@@ -103,6 +103,8 @@ def integrated_gradients(
     max_rows: int = 4096,
     rtol: float = 0.01,
     max_depth: int = 8,
+    split: int = 4,
+    refine_nodes: int = 8,
 ) -> tuple[Tensor, Tensor]:
     """IG of the risk logit w.r.t. x (B, T, 3F) -> per (step, variable) (B, T, F), per
     variable (B, F).
@@ -114,14 +116,16 @@ def integrated_gradients(
 
     Adaptive: a panel [a0, a1] of the path is accepted when its attributions add up to
     logit(a1) - logit(a0) within its share of (1e-3 + rtol * |logit(x) - logit(baseline)|);
-    otherwise it is split in four (8 nodes each), at most `max_depth` times. A trained
-    recurrent network can switch state abruptly part-way along the path; only the panel
-    holding the switch is refined, so smooth stays cost one pass.
+    otherwise it is split in `split` panels of `refine_nodes` nodes each, at most
+    `max_depth` times. A trained recurrent network can switch state abruptly part-way
+    along the path; only the panel holding the switch is refined, so smooth stays cost one
+    pass.
     """
     if model.training:
         raise ValueError("integrated_gradients needs the model in eval mode")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    if steps < 1 or refine_nodes < 1 or split < 2:
+        raise ValueError(f"need steps >= 1, refine_nodes >= 1 and split >= 2, got {steps}, "
+                         f"{refine_nodes} and {split}")
     # Works under an outer torch.inference_mode() too: everything is built from clones.
     # cuDNN's RNN backward refuses eval mode, so gradients go through the native kernels.
     with (torch.inference_mode(False), torch.enable_grad(),
@@ -150,17 +154,18 @@ def integrated_gradients(
             attr.index_add_(0, rows[ok], share[ok])
             if bool(ok.all()):
                 break
-            # Split each failing panel in four; the new interior ends need a forward pass.
+            # Split each failing panel in `split`; the new interior ends need a forward pass.
             bad = ~ok
             rows, lo, hi, flo, fhi = rows[bad], a0[bad], a1[bad], f0[bad], f1[bad]
-            quarters = torch.linspace(0, 1, 5, dtype=x.dtype, device=x.device)
-            cuts = lo[:, None] + (hi - lo)[:, None] * quarters  # (P, 5)
-            inner = path.logits(rows.repeat_interleave(3), cuts[:, 1:4].reshape(-1)).view(-1, 3)
-            ends = torch.cat([flo[:, None], inner, fhi[:, None]], dim=1)  # (P, 5)
-            rows = rows.repeat_interleave(4)
-            a0, a1 = cuts[:, :4].reshape(-1), cuts[:, 1:].reshape(-1)
-            f0, f1 = ends[:, :4].reshape(-1), ends[:, 1:].reshape(-1)
-            nodes = 8
+            fractions = torch.linspace(0, 1, split + 1, dtype=x.dtype, device=x.device)
+            cuts = lo[:, None] + (hi - lo)[:, None] * fractions  # (P, split + 1)
+            inner = path.logits(rows.repeat_interleave(split - 1),
+                                cuts[:, 1:split].reshape(-1)).view(-1, split - 1)
+            ends = torch.cat([flo[:, None], inner, fhi[:, None]], dim=1)  # (P, split + 1)
+            rows = rows.repeat_interleave(split)
+            a0, a1 = cuts[:, :split].reshape(-1), cuts[:, 1:].reshape(-1)
+            f0, f1 = ends[:, :split].reshape(-1), ends[:, 1:].reshape(-1)
+            nodes = refine_nodes
         if unresolved:
             log.warning("integrated gradients: %d path panels still miss completeness after "
                         "%d refinements", unresolved, max_depth)

@@ -11,6 +11,7 @@ import torch
 from models.attribution import integrated_gradients, unobserved_baseline
 from models.features import DELTA_SCALE
 from models.networks import ModelConfig, build_model, variants
+from models.predict import IG_REFINE_NODES, IG_SPLIT
 
 torch.set_num_threads(1)
 B, T, F, S = 3, 10, 4, 2
@@ -103,3 +104,18 @@ def test_sharp_transitions_on_the_path_are_refined_until_complete() -> None:
     _, adaptive = integrated_gradients(model, x, static, step_mask, baseline=base)
     assert ((plain.sum(1) - gap).abs() > 0.1).all()  # one 32-node rule misses the switch
     torch.testing.assert_close(adaptive.sum(1), gap, rtol=0.011, atol=1e-3)
+
+
+@pytest.mark.parametrize(("arch", "bi"), [pytest.param(a, b, id=f"{a}{'-bi' if b else ''}")
+                                          for a, b in variants()])
+def test_the_services_few_nodes_with_halving_refinement_keep_completeness(arch: str,
+                                                                           bi: bool) -> None:
+    model, x, static, step_mask = setup(arch, bi, seed=3)
+    x = 4 * x  # far from the baseline: a curved path that needs refining
+    base = unobserved_baseline(x)
+    _, per_var = integrated_gradients(model, x, static, step_mask, steps=2, split=IG_SPLIT,
+                                      refine_nodes=IG_REFINE_NODES, rtol=1e-3)
+    with torch.no_grad():
+        gap = (model(x, static, step_mask).risk_logit
+               - model(base, static, step_mask).risk_logit)
+    assert (per_var.sum(1) - gap).abs().max() <= 1e-3 + 1e-3 * gap.abs().max() + 1e-4
