@@ -1,4 +1,8 @@
-"""Typed dependencies: what a route needs from the app, resolved per request."""
+"""Typed dependencies: what a route needs from the app, resolved per request.
+
+All are `async def`: FastAPI runs a plain `def` dependency in its thread pool, a thread hop
+per dependency per request for what is an attribute read.
+"""
 
 from __future__ import annotations
 
@@ -14,22 +18,22 @@ from app.settings import Settings
 __all__ = ["BatcherDep", "MetricsDep", "RegistryDep", "SettingsDep"]
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     registry: ModelRegistry = request.app.state.registry
     return registry
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
 
-def get_batcher(request: Request) -> Batcher:
+async def get_batcher(request: Request) -> Batcher:
     batcher: Batcher = request.app.state.batcher
     return batcher
 

@@ -50,12 +50,14 @@ def scope_of(authorization: str | None, settings: Settings) -> Scope:
     raise Unauthorized("invalid API key")
 
 
+# The dependencies below are `async def` so FastAPI calls them on the event loop rather
+# than hopping to its thread pool: they only compare a few short strings.
 def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def require_user(
+async def require_user(
     request: Request,
     _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Scope:
@@ -63,7 +65,7 @@ def require_user(
     return scope_of(request.headers.get("authorization"), _settings(request))
 
 
-def require_admin(
+async def require_admin(
     request: Request,
     _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Scope:
