@@ -73,6 +73,7 @@ __all__ = [
     "FittedEffect",
     "PropensityTask",
     "canonical_templates",
+    "check_effect_data",
     "conformal_quantiles",
     "effect_stays",
     "fit_effect",
@@ -129,12 +130,22 @@ class EffectStays:
                        **moved)
 
 
-def decision_bins(ds: Dataset, ids: list[str], grid: Grid) -> np.ndarray:
-    """Each stay's decision bin, from truth.parquet's decision_hour."""
+def check_effect_data(ds: Dataset) -> None:
+    """What the effect task needs beyond a risk task's data, checked before any fitting."""
     if ds.truth is None or "decision_hour" not in ds.truth.columns:
         raise ValueError("the effect task needs each stay's decision hour (truth.parquet "
                          "column decision_hour): train on a cohort from "
                          "`python -m training.synthesize --confounding G`")
+    if ds.counterfactuals is None:
+        raise ValueError("the effect task calibrates its intervals on counterfactual truth "
+                         "(counterfactuals.parquet from `python -m training.synthesize "
+                         "--confounding G`); the data directory has none")
+
+
+def decision_bins(ds: Dataset, ids: list[str], grid: Grid) -> np.ndarray:
+    """Each stay's decision bin, from truth.parquet's decision_hour."""
+    check_effect_data(ds)
+    assert ds.truth is not None  # noqa: S101 - checked above, for mypy
     dh = ds.truth.set_index(ds.truth["patient_id"].astype(str))["decision_hour"]
     hours = pd.to_numeric(dh.reindex(ids)).to_numpy(np.float64)
     bins = hours / grid.step_hours
@@ -287,10 +298,8 @@ def conformal_quantiles(scores: np.ndarray, nominal: float) -> tuple[float, floa
 
 def true_risks(ds: Dataset, ids: list[str], plans: tuple[str, ...]) -> np.ndarray:
     """(N, P) counterfactual true risk of each stay under each plan."""
-    if ds.counterfactuals is None:
-        raise ValueError("the effect task calibrates its intervals on counterfactual truth "
-                         "(counterfactuals.parquet from `python -m training.synthesize "
-                         "--confounding G`); the data directory has none")
+    check_effect_data(ds)
+    assert ds.counterfactuals is not None  # noqa: S101 - checked above, for mypy
     cf = ds.counterfactuals.pivot(index="patient_id", columns="plan", values="true_risk")
     missing = [p for p in plans if p not in cf.columns]
     if missing:
@@ -313,6 +322,7 @@ def _seeded(cfg: TrainConfig, seed: int, builder: type[nn.Module], ecfg: EffectC
 def fit_effect(cfg: TrainConfig, ds: Dataset, split: Split, normalizer: Normalizer,
                grid: Grid, d: Distributed) -> FittedEffect:
     """Propensity network, stabilised weights, adjusted and naive ensembles, intervals."""
+    check_effect_data(ds)
     templates = canonical_templates(normalizer, grid)
     features = list(normalizer.features)
     ecfg = EffectConfig(arch=cfg.arch, n_features=len(features),
@@ -320,7 +330,6 @@ def fit_effect(cfg: TrainConfig, ds: Dataset, split: Split, normalizer: Normaliz
                         n_static=normalizer.n_static_inputs, n_plans=len(PLANS),
                         n_steps=grid.n_steps, hidden=cfg.hidden, dropout=cfg.dropout,
                         map_index=features.index("map") if "map" in features else -1)
-    val_truth = true_risks(ds, list(split.val), PLANS)
     stays: dict[str, EffectStays] = {}
     for part, ids in (("train", split.train), ("val", split.val)):
         s = effect_stays(ds, list(ids), normalizer, grid, templates, ecfg)
@@ -380,5 +389,4 @@ def fit_effect(cfg: TrainConfig, ds: Dataset, split: Split, normalizer: Normaliz
         naive = out.naive_risk[:, q] - out.naive_risk[:, 0]
         metrics[f"effect_val_{name}_pehe"] = float(np.sqrt(np.mean((tau_hat - tau) ** 2)))
         metrics[f"effect_val_{name}_naive_pehe"] = float(np.sqrt(np.mean((naive - tau) ** 2)))
-    del val_truth
     return FittedEffect(model, metrics)

@@ -38,7 +38,7 @@ from models.networks import ModelConfig, build_model
 from training.calibration import expected_calibration_error, fit_temperature, sigmoid
 from training.config import TASKS, ConfigError, TrainConfig, load_config_file
 from training.data import load_dataset
-from training.effect import fit_effect
+from training.effect import check_effect_data, fit_effect
 from training.loop import Distributed, fit, setup_distributed, teardown
 from training.prefixes import StayTensors
 from training.runstate import RunStore
@@ -179,6 +179,9 @@ def _train(cfg: TrainConfig, resume: bool, d: Distributed, t0: float) -> TrainRe
     torch.set_num_threads(max(1, cfg.threads // d.world) if d.device.type == "cpu"
                           else cfg.threads)
     prep = prepare(cfg)
+    effect_data = load_dataset(cfg.data) if cfg.task == "effect" else None
+    if effect_data is not None:
+        check_effect_data(effect_data)  # before any fitting, not after the risk model
     stays = {k: v.to(d.device) for k, v in prep.stays.items()}
     t_prep = time.perf_counter() - t0
     mcfg = _model_config(cfg, prep)
@@ -235,9 +238,8 @@ def _train(cfg: TrainConfig, resume: bool, d: Distributed, t0: float) -> TrainRe
         prefix_hours=[cfg.min_prefix_hours, cfg.max_prefix_hours],
     )
     tensors = None
-    if cfg.task == "effect":  # the what-if networks, saved beside the risk model
-        fitted = fit_effect(cfg, load_dataset(cfg.data), prep.split, prep.normalizer,
-                            prep.grid, d)
+    if effect_data is not None:  # the what-if networks, saved beside the risk model
+        fitted = fit_effect(cfg, effect_data, prep.split, prep.normalizer, prep.grid, d)
         extra["effect"], tensors = effect_meta(fitted.model), effect_tensors(fitted.model)
         metrics.update(fitted.metrics)
     version_dir = None
