@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -146,7 +146,7 @@ class EffectNet(nn.Module):
         h = cfg.hidden
         self.init = nn.Linear(self.summary.out_dim, h)
         self.decoder = nn.GRU(cfg.n_interventions + 1, h, batch_first=True)
-        n_plan = 3 * cfg.n_interventions  # plan_summary channels
+        n_plan = 4 * cfg.n_interventions  # plan_summary channels
         self.risk = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(2 * h + n_plan, h),
                                   nn.GELU(), nn.Linear(h, 1))
         self.map_step = nn.Linear(2 * h, 1)
@@ -173,16 +173,16 @@ class EffectNet(nn.Module):
 
 
 def plan_summary(plan: Tensor, remaining: Tensor, early: int) -> Tensor:
-    """(B, 3I) what a plan gives, straight to the risk head beside the decoder's reading of
-    it: per channel, its value in the first bin, its mean over the first `early` bins and
-    over the bins left in the window. A direct path makes the plan's main effect easy to
-    learn; the decoder adds its timing."""
+    """(B, 4I) what a plan gives, straight to the risk head beside the decoder's reading of
+    it: per channel, its value in the first bin, its largest value and its mean over the
+    first `early` bins and over the bins left in the window. A direct path of O(1) features
+    makes the plan's main effect easy to learn; the decoder adds its timing."""
     B, K, _ = plan.shape
     k = torch.arange(K, device=plan.device)[None, :, None]
     left = remaining.clamp(min=1)[:, None, None]
-    whole = (plan * (k < left)).sum(1) / left[:, 0]
-    first = plan[:, :early].mean(1)
-    return torch.cat([plan[:, 0], first, whole], dim=-1)
+    inside = plan * (k < left)
+    return torch.cat([plan[:, 0], plan[:, :early].amax(1), inside.amax(1),
+                      inside.sum(1) / left[:, 0]], dim=-1)
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -244,6 +244,7 @@ class Outcomes:
     last_map: np.ndarray | None  # (N,) last MAP before the decision (carried forward), mmHg
     propensity: np.ndarray  # (N, P) P(plan class | history)
     plan_class: np.ndarray  # (N, Q) index into the classes, -1 = a plan the data never show
+    adjusted_logits: np.ndarray  # (M, N, Q) each adjusted member's logit, before the offset
 
     def propensity_of_plans(self) -> np.ndarray:
         """(N, Q): the propensity of each plan's class, 0 for a plan of no class."""
@@ -265,6 +266,8 @@ class EffectModel:
     map_mean: float  # MAP de-normalisation (the normaliser's mean and SD of "map")
     map_std: float
     decision_range: tuple[int, int]  # decision bins seen in training (outside: extrapolation)
+    # per class: the targeted logit offset of the adjusted ensemble (training/effect.py)
+    offsets: dict[str, float] = field(default_factory=dict)
 
     @torch.inference_mode()
     def outcomes(self, hist: Tensors, decision: np.ndarray, plans: np.ndarray,
@@ -279,7 +282,7 @@ class EffectModel:
         grid = np.zeros((n, q, k, plans.shape[3]), dtype=np.float64)
         grid[:, :, :min(k, plans.shape[2])] = plans[:, :, :k]
         dec_in = plan_inputs(grid)
-        risk = np.zeros((2, n, q))
+        logits = np.zeros((2, len(self.adjusted), n, q))
         maps = np.zeros((2, n, q, self.cfg.map_steps))
         prop = np.zeros((n, len(self.plans)))
         for s in range(0, n, batch_size):
@@ -291,17 +294,18 @@ class EffectModel:
             dec = torch.from_numpy(decision[sl]).repeat_interleave(q)
             plan = torch.from_numpy(dec_in[sl]).reshape(b * q, k, -1)
             for j, members in enumerate((self.adjusted, self.naive)):
-                logits, forecasts = [], []
-                for net in members:
+                forecasts = []
+                for m, net in enumerate(members):
                     logit, fc = net(x, static, mask, dec, plan)
-                    logits.append(torch.sigmoid(logit.double()))
+                    logits[j, m, sl] = logit.double().reshape(b, q).numpy()
                     if fc is not None:
                         forecasts.append(fc.double())
-                risk[j, sl] = torch.stack(logits).mean(0).reshape(b, q).numpy()
                 if forecasts:
                     maps[j, sl] = torch.stack(forecasts).mean(0).reshape(b, q, -1).numpy()
             p = self.propensity(x[::q], static[::q], mask[::q], dec[::q])
             prop[sl] = torch.softmax(p.double(), dim=-1).numpy()
+        plan_class = match_plans(plans, decision, self.templates)
+        offset = np.array([self.offsets.get(name, 0.0) for name in self.plans] + [0.0])
         has_map = self.cfg.map_index >= 0
         last = None
         if has_map:
@@ -309,11 +313,11 @@ class EffectModel:
             last = hist.values[rows, np.clip(decision - 1, 0, None), self.cfg.map_index]
             last = last * self.map_std + self.map_mean
         return Outcomes(
-            risk=risk[0], naive_risk=risk[1],
+            risk=_sigmoid(logits[0] + offset[plan_class]).mean(0),
+            naive_risk=_sigmoid(logits[1]).mean(0),
             map=maps[0] * self.map_std + self.map_mean if has_map else None,
             naive_map=maps[1] * self.map_std + self.map_mean if has_map else None,
-            last_map=last, propensity=prop,
-            plan_class=match_plans(plans, decision, self.templates))
+            last_map=last, propensity=prop, plan_class=plan_class, adjusted_logits=logits[0])
 
     def canonical_plans(self, decision: np.ndarray) -> np.ndarray:
         """(N, P, T, I) every class's plan for each stay's decision bin (bin k = D + k)."""
@@ -331,6 +335,10 @@ class EffectModel:
         q = np.where((plan_class >= 0)[..., None], lo_hi[np.clip(plan_class, 0, None)], widest)
         scale = interval_scale(risk, base)[..., None]
         return effect[..., None] + q * scale
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * z)))
 
 
 def interval_scale(risk: np.ndarray, base: np.ndarray) -> np.ndarray:
@@ -359,7 +367,8 @@ def effect_meta(model: EffectModel) -> dict[str, Any]:
             "interval": {k: list(v) for k, v in model.interval.items()},
             "nominal_coverage": model.nominal,
             "map": [model.map_mean, model.map_std],
-            "decision_bins": list(model.decision_range)}
+            "decision_bins": list(model.decision_range),
+            "offsets": dict(model.offsets)}
 
 
 def has_effect(ckpt: Checkpoint) -> bool:
@@ -377,6 +386,7 @@ def _build(ckpt: Checkpoint) -> EffectModel:
         map_mean, map_std = (float(v) for v in meta["map"])
         nominal = float(meta["nominal_coverage"])
         lo, hi = (int(v) for v in meta["decision_bins"])
+        offsets = {str(k): float(v) for k, v in meta["offsets"].items()}
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: invalid effect model description ({e})") from None
     if cfg.n_features != len(ckpt.normalizer.features) or len(plans) != cfg.n_plans:
@@ -393,7 +403,7 @@ def _build(ckpt: Checkpoint) -> EffectModel:
     except ValueError as e:  # an architecture the zoo does not know
         raise CheckpointError(f"{where}: invalid effect model ({e})") from None
     return EffectModel(cfg, plans, templates.double().numpy(), adjusted, naive, propensity,
-                       interval, nominal, map_mean, map_std, (lo, hi))
+                       interval, nominal, map_mean, map_std, (lo, hi), offsets)
 
 
 _Net = TypeVar("_Net", EffectNet, PropensityNet)

@@ -13,7 +13,9 @@ logistic regression, SAPS-I where present, the oracle where ground truth exists)
 paired difference model - baseline; on synthetic data, attention faithfulness (attention
 mass at or after the true onset vs the share a uniform weighting gives) and how often the
 top integrated-gradients variable is one the deterioration drives. Forecast checkpoints:
-MAE per target against the carry-forward forecast.
+MAE per target against the carry-forward forecast. Effect checkpoints (`--task effect`) on
+a cohort with counterfactual truth: the risk figures plus the what-if figures of
+`training.effect_eval` (pehe, ate_error, coverage, map_rmse, ...; worst plan on top).
 """
 
 from __future__ import annotations

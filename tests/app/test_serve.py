@@ -51,6 +51,19 @@ def test_serve_trains_a_default_model_and_answers_the_example(tmp_path: Path) ->
         out = r.json()
         assert 0 < out["risk"]["probability"] < 1
         assert out["explanation"]["variables"] and out["news2"]["score"] == 9
+        # The first-start model answers what-if out of the box (README's what-if curl).
+        assert "--data @examples/whatif.json" in printed
+        example = json.loads((ROOT / "examples" / "whatif.json").read_text())
+        r = httpx.post(f"{base}/v1/predict", json=example,
+                       headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        assert r.status_code == 200, r.text
+        abx, vaso, high = r.json()["what_if"]
+        for answer in (abx, vaso):
+            lo, hi = answer["effect"]["interval"]
+            assert lo <= answer["effect"]["risk_difference"] <= hi
+            assert answer["support"]["plan"] is not None
+        assert high["support"]["propensity"] == 0.0  # a plan the policy never gives
+        assert any("propensity is 0" in w for w in high["warnings"])
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=20)
