@@ -10,6 +10,7 @@ import logging
 import traceback
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -20,12 +21,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from app.batching import Batcher
+from app.cache import PredictionCache
 from app.errors import ServiceError
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware, error_body
 from app.observability import Metrics, configure_logging, logger
 from app.registry import ModelRegistry
 from app.routers import bench, fhir, health, models, oip, predict
-from app.service import predict_each
+from app.service import answer_cached, predict_each
 from app.settings import Settings, get_settings
 
 __all__ = ["create_app"]
@@ -133,7 +135,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     metrics = Metrics()
     registry = ModelRegistry(settings.model_dir, settings.default_model)
-    batcher = Batcher(predict_each, settings.batch_patients, settings.batch_delay_ms / 1000)
+    cache = PredictionCache(settings.cache_entries)
+    batcher = Batcher(partial(predict_each, cache=cache), settings.batch_patients,
+                      settings.batch_delay_ms / 1000, answer=partial(answer_cached, cache=cache))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -156,6 +160,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry
     app.state.metrics = metrics
     app.state.batcher = batcher
+    app.state.cache = cache
     _install_handlers(app, metrics)
     for router in (predict.router, fhir.router, models.router, health.router, oip.router):
         app.include_router(router)

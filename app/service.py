@@ -11,12 +11,13 @@ A batch is scored with one call per model (one batched forward pass), not per pa
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
 
 import numpy as np
 
+from app.cache import PredictionCache, stay_key
 from app.errors import InvalidRequest, ModelFailure, ServiceError
 from app.schemas import (
     AttentionBin,
@@ -34,11 +35,11 @@ from app.whatif import PlanQuestion, answer_what_if, prepare_what_if
 from app.whatif_schemas import WhatIfAnswer
 from models.catalogue import CATALOGUE, check_value
 from models.checkpoint import Checkpoint
-from models.features import tensorise_rows
+from models.features import Tensors, tensorise_rows
 from models.news2 import NEWS2_PARAMETERS, news2, news2_missing
 from models.predict import Prediction, score_tensors
 
-__all__ = ["Job", "predict", "predict_each", "prepare"]
+__all__ = ["Job", "Outcome", "answer_cached", "predict", "predict_each", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -188,16 +189,14 @@ def _what_if(job: Job) -> list[WhatIfAnswer] | None:
                           job.values, statics)
 
 
-def predict_each(jobs: Sequence[Job]) -> list[PredictResponse | ServiceError]:
-    """Score prepared patients, one batched call per model; per patient its response or the
-    error that is about it alone (a non-finite output), in input order.
+Outcome = PredictResponse | ServiceError
 
-    Blocking (torch): call it from a worker thread, not the event loop.
-    """
+
+def _by_model(jobs: Sequence[Job]) -> Iterator[tuple[list[int], list[Job], Tensors]]:
+    """Per checkpoint: the jobs' positions, the jobs, and their stays tensorised."""
     groups: dict[int, list[int]] = {}
     for i, job in enumerate(jobs):
         groups.setdefault(id(job.ckpt), []).append(i)
-    outcomes: list[PredictResponse | ServiceError | None] = [None] * len(jobs)
     for members in groups.values():
         group = [jobs[i] for i in members]
         ckpt = group[0].ckpt
@@ -208,15 +207,67 @@ def predict_each(jobs: Sequence[Job]) -> list[PredictResponse | ServiceError]:
             np.concatenate([j.values for j in group]),
             [j.request.static.numeric() if j.request.static else {} for j in group],
             ckpt.normalizer, ckpt.grid)
-        predictions = score_tensors(ckpt, tensors, explain=True)
-        if len(predictions) != len(group):
-            raise ModelFailure("the model returned a different number of predictions")
-        for i, job, pred in zip(members, group, predictions, strict=True):
-            try:
-                outcomes[i] = _response(job, pred)
-            except ServiceError as e:
-                outcomes[i] = e
+        yield members, group, tensors
+
+
+def _responses(outcomes: list[Outcome | None], members: list[int], group: list[Job],
+               predictions: list[Prediction]) -> None:
+    for i, job, pred in zip(members, group, predictions, strict=True):
+        try:
+            outcomes[i] = _response(job, pred)
+        except ServiceError as e:
+            outcomes[i] = e
+
+
+def predict_each(jobs: Sequence[Job], cache: PredictionCache | None = None) -> list[Outcome]:
+    """Score prepared patients, one batched call per model; per patient its response or the
+    error that is about it alone (a non-finite output), in input order. With a cache, only
+    stays it does not hold are scored.
+
+    Blocking (torch): call it from a worker thread, not the event loop.
+    """
+    outcomes: list[Outcome | None] = [None] * len(jobs)
+    for members, group, tensors in _by_model(jobs):
+        _responses(outcomes, members, group, _score(group[0].ckpt, tensors, cache))
     return [o for o in outcomes if o is not None]
+
+
+def answer_cached(jobs: Sequence[Job], cache: PredictionCache) -> list[Outcome] | None:
+    """The outcomes when the cache holds every stay and no what-if is asked, else None: no
+    torch, so a repeated request is answered where it arrived (the event loop)."""
+    if any(job.what_if is not None for job in jobs):
+        return None  # plans are scored by torch: the inference thread's work
+    outcomes: list[Outcome | None] = [None] * len(jobs)
+    for members, group, tensors in _by_model(jobs):
+        ckpt = group[0].ckpt
+        found = [cache.get(stay_key(ckpt, tensors, i), count_miss=False)
+                 for i in range(len(tensors))]
+        if any(p is None for p in found):
+            return None
+        _responses(outcomes, members, group, [p for p in found if p is not None])
+    return [o for o in outcomes if o is not None]
+
+
+def _score(ckpt: Checkpoint, tensors: Tensors, cache: PredictionCache | None
+           ) -> list[Prediction]:
+    """The stays' predictions with explanations, from the cache where it has them."""
+    if cache is None:
+        return _scored(ckpt, tensors)
+    keys = [stay_key(ckpt, tensors, i) for i in range(len(tensors))]
+    found = [cache.get(k) for k in keys]
+    missing = [i for i, p in enumerate(found) if p is None]
+    if missing:
+        for i, prediction in zip(missing, _scored(ckpt, tensors.select(missing)), strict=True):
+            found[i] = prediction
+            cache.put(keys[i], prediction)
+    return [p for p in found if p is not None]
+
+
+def _scored(ckpt: Checkpoint, tensors: Tensors) -> list[Prediction]:
+    predictions = score_tensors(ckpt, tensors, explain=True)
+    if len(predictions) != len(tensors):
+        raise ModelFailure("the model returned a different number of predictions")
+    return predictions
 
 
 def predict(jobs: Sequence[Job]) -> list[PredictResponse]:

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     batch_patients: int = Field(default=64, ge=1)
     # ms a batch is held open for more concurrent requests; 0 = score what is queued now
     batch_delay_ms: float = Field(default=0.0, ge=0, le=100)
+    # predictions kept for repeated requests (a monitor polling unchanged series); 0 = none
+    cache_entries: int = Field(default=4096, ge=0)
     # mounts POST /bench/parse (parse + validate, constant answer) for benchmarks.http only
     benchmark_routes: bool = False
 

@@ -1,7 +1,7 @@
 """HTTP serving speed: /v1/predict against the framework's own limit, in one server process.
 
     python -m benchmarks.http [--rounds 3] [--seconds 10] [--connections 16]
-                              [--model-dir DIR] [--generator wrk|python]
+                              [--model-dir DIR] [--generator wrk|python] [--no-cache]
 
 Publishes the default model set (benchmarks._server: default bi-LSTM, gru, elman, jordan,
 forecast; default sizes, random weights) into a temporary model dir (or serves
@@ -13,6 +13,10 @@ VITALCAST_BENCHMARK_ROUTES=1, and drives, alternately and with the same body (on
   gradients) from the default model;
 - `/bench/parse`: the same middleware, API-key check and `PredictRequest` parse and
   validation, then a constant answer: what the framework costs before any scoring.
+
+The same body again is what a monitor polling an unchanged series sends, and the service's
+prediction cache answers it after the first time; `--no-cache` switches the cache off
+(VITALCAST_CACHE_ENTRIES=0) so that every request is scored: the cost of a new series.
 
 The load generator is wrk (Debian package `wrk`; a Lua script POSTs the body), which is
 written in C and far from the bottleneck; without it, a Python asyncio client (httpx) runs
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import shutil
 import statistics
@@ -143,7 +148,11 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=16, help="concurrent connections")
     ap.add_argument("--model-dir", type=Path, help="serve these checkpoints instead")
     ap.add_argument("--generator", choices=("wrk", "python"), default="wrk")
+    ap.add_argument("--no-cache", action="store_true",
+                    help="score every request: no prediction cache (a new series each time)")
     args = ap.parse_args()
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on "
+          f"{os.cpu_count()} cores; prediction cache {'off' if args.no_cache else 'on'}")
 
     generator = args.generator
     if generator == "wrk" and shutil.which("wrk") is None:
@@ -160,7 +169,8 @@ def main() -> None:
             print(f"model set: {', '.join(names)} (default sizes, random weights)")
         script = Path(tmp) / "post.lua"
         script.write_text(_lua(body))
-        with serve(model_dir, Path(tmp) / "server.log") as server:
+        env = {"VITALCAST_CACHE_ENTRIES": "0"} if args.no_cache else {}
+        with serve(model_dir, Path(tmp) / "server.log", env=env) as server:
             rss_ready = server.rss_mib()
             _check(server.base_url, body)
             print(f"generator: {generator}; {args.connections} connections; body "

@@ -252,11 +252,14 @@ def tensorise_rows(
     same Tensors as `tensorise` on the equivalent DataFrames, patient ids "0".."N-1".
     """
     n = len(statics)
+    names = list(dict.fromkeys(variables))  # the few distinct names, then codes per row
+    position = {name: i for i, name in enumerate(names)}
+    variable = np.fromiter(map(position.__getitem__, variables), np.int64, len(variables))
     feature_index = {name: i for i, name in enumerate(normalizer.features)}
     intervention_index = {name: i for i, name in enumerate(interventions)}
-    rows = len(variables)
-    feat_code = np.fromiter((feature_index.get(v, -1) for v in variables), np.int64, rows)
-    int_code = np.fromiter((intervention_index.get(v, -1) for v in variables), np.int64, rows)
+    feat_code = np.array([feature_index.get(v, -1) for v in names], dtype=np.int64)[variable]
+    int_code = np.array([intervention_index.get(v, -1) for v in names],
+                        dtype=np.int64)[variable]
     static_raw = np.array([[_static_value(name, s.get(name)) for name in
                             normalizer.static_features] for s in statics],
                           dtype=np.float64).reshape(n, len(normalizer.static_features))

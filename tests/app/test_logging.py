@@ -31,7 +31,8 @@ def test_a_full_request_cycle_logs_no_patient_data_or_keys(
 
     keep = Keep()
     keep.setFormatter(JsonFormatter())
-    with TestClient(create_app(settings_for(shared_model_dir))) as c:
+    # No prediction cache: the request made to fail repeats an earlier one.
+    with TestClient(create_app(settings_for(shared_model_dir, cache_entries=0))) as c:
         for name in ("vitalcast", "uvicorn", "uvicorn.error", ""):
             logging.getLogger(name).addHandler(keep)
         try:

@@ -1,0 +1,58 @@
+"""The prediction cache: a repeated series is answered from it, anything the model would see
+differently is not, and a reload starts afresh."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from app.cache import PredictionCache
+from app.main import create_app
+from tests.app.support import ADMIN, USER, make_checkpoint, request_body, settings_for
+
+
+def _cache(c: TestClient) -> PredictionCache:
+    cache: PredictionCache = c.app.state.cache  # type: ignore[attr-defined]
+    return cache
+
+
+def test_a_repeated_series_is_answered_from_the_cache_with_its_own_id(tmp_path: Path) -> None:
+    make_checkpoint(tmp_path)
+    with TestClient(create_app(settings_for(tmp_path))) as c:
+        first = c.post("/v1/predict", json=request_body(), headers=USER).json()
+        assert (_cache(c).hits, _cache(c).misses) == (0, 1)
+        body = request_body(patient_id="someone-else")
+        body["observations"] = list(reversed(body["observations"]))  # type: ignore[call-overload]
+        again = c.post("/v1/predict", json=body, headers=USER).json()
+        assert _cache(c).hits == 1
+        assert again["patient_id"] == "someone-else"
+        assert {**again, "patient_id": None} == {**first, "patient_id": None}
+
+
+def test_a_changed_value_or_a_new_version_is_scored_again(tmp_path: Path) -> None:
+    make_checkpoint(tmp_path)
+    with TestClient(create_app(settings_for(tmp_path))) as c:
+        c.post("/v1/predict", json=request_body(), headers=USER)
+        changed = request_body()
+        changed["observations"][0]["value"] = 119  # type: ignore[index]
+        c.post("/v1/predict", json=changed, headers=USER)
+        assert (_cache(c).hits, _cache(c).misses) == (0, 2)
+        new = make_checkpoint(tmp_path, seed=5).name
+        assert c.post("/v1/models/reload", headers=ADMIN).status_code == 200
+        out = c.post("/v1/predict", json=request_body(), headers=USER).json()
+        assert out["model"]["version"] == new
+        assert (_cache(c).hits, _cache(c).misses) == (0, 3)
+
+
+def test_the_cache_is_bounded_and_can_be_switched_off(tmp_path: Path) -> None:
+    make_checkpoint(tmp_path)
+    bodies = [request_body(observations=[{"time": 1.0, "variable": "heart_rate",
+                                          "value": 60 + i}]) for i in range(5)]
+    for entries, kept in ((2, 2), (0, 0)):
+        with TestClient(create_app(settings_for(tmp_path, cache_entries=entries))) as c:
+            for body in bodies:
+                assert c.post("/v1/predict", json=body, headers=USER).status_code == 200
+            assert len(_cache(c)) == kept
+            c.post("/v1/predict", json=bodies[0], headers=USER)  # least recently used: gone
+            assert _cache(c).hits == 0
