@@ -90,9 +90,9 @@ def _warnings(q: PlanQuestion, label: str, propensity: float, plan_class: int,
               step: float) -> list[str]:
     out = []
     if plan_class < 0:
-        out.append(f"plan {label!r} is none the training data show after a decision "
-                   f"({', '.join(q.model.plans)}): its propensity is 0 and the estimate "
-                   "extrapolates")
+        out.append(f"plan {label!r} matches none of the plans the training data show after "
+                   f"a decision ({', '.join(q.model.plans)}): its propensity is 0 and the "
+                   "estimate extrapolates")
     elif propensity < SUPPORT_THRESHOLD:
         out.append(f"plan {label!r} is barely supported by the training data: propensity "
                    f"{propensity:.3f} < {SUPPORT_THRESHOLD} (patients with this history "

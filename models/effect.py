@@ -329,10 +329,13 @@ class EffectModel:
                   plan_class: np.ndarray) -> np.ndarray:
         """(…, 2) conformal interval of each effect: effect + [lo, hi] x scale, where
         scale = max(risk, base) + 0.01 bounds how far a risk difference can reach. A plan
-        of no class gets the widest quantiles of any class."""
+        of no class gets the widest quantiles of any class. Where the calibration residuals
+        all fell to one side (a biased estimate, corrected by the interval), the interval
+        is widened to hold the estimate itself: coverage can only grow."""
         lo_hi = np.array([self.interval.get(p, (0.0, 0.0)) for p in self.plans])  # (P, 2)
         widest = np.array([lo_hi[:, 0].min(), lo_hi[:, 1].max()])
         q = np.where((plan_class >= 0)[..., None], lo_hi[np.clip(plan_class, 0, None)], widest)
+        q = np.stack([np.minimum(q[..., 0], 0.0), np.maximum(q[..., 1], 0.0)], axis=-1)
         scale = interval_scale(risk, base)[..., None]
         return effect[..., None] + q * scale
 

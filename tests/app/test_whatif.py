@@ -34,8 +34,10 @@ VASOPRESSOR_6H = [{"time": 12.0, "variable": "vasopressor", "value": 0.1},
                   {"time": 18.0, "variable": "vasopressor", "value": 0}]
 
 
-def make_effect_checkpoint(model_dir: Path, name: str, seed: int = 0) -> Path:
-    """A tiny, randomly initialised but real effect checkpoint (risk model + what-if nets)."""
+def make_effect_checkpoint(model_dir: Path, name: str, seed: int = 0,
+                           rare_vasopressor: bool = False) -> Path:
+    """A tiny, randomly initialised but real effect checkpoint (risk model + what-if nets);
+    with `rare_vasopressor` its propensity network all but never chooses vasopressor_6h."""
     norm, grid = normalizer(), Grid(1.0, 48)
     torch.manual_seed(seed)
     rcfg = ModelConfig(arch="gru", n_inputs=3 * len(norm.features),
@@ -47,6 +49,9 @@ def make_effect_checkpoint(model_dir: Path, name: str, seed: int = 0) -> Path:
                          [EffectNet(ecfg)], PropensityNet(ecfg),
                          {"antibiotics_now": (-3.0, 1.0), "vasopressor_6h": (-1.0, 1.0)},
                          0.9, 85.0, 15.0, (12, 36))
+    if rare_vasopressor:
+        with torch.no_grad():
+            effect.propensity.head[-1].bias[2] -= 8.0
     return save_checkpoint(model_dir, name, build_model(rcfg), rcfg, norm, grid,
                            task="effect", fingerprint="test",
                            extra={"effect": effect_meta(effect)},
@@ -58,6 +63,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     root = tmp_path_factory.mktemp("whatif-models")
     make_checkpoint(root, "default")  # a risk model without an effect head
     make_effect_checkpoint(root, "whatif")
+    make_effect_checkpoint(root, "rare", rare_vasopressor=True)
     torch.set_num_threads(1)
     with TestClient(create_app(settings_for(root))) as c:
         yield c
@@ -122,6 +128,23 @@ def test_a_plan_the_data_never_show_gets_a_support_warning(client: TestClient) -
     assert answer["support"] == {"propensity": 0.0, "plan": None}
     assert any("propensity is 0" in w for w in answer["warnings"])
     assert answer["effect"]["interval"][0] <= answer["effect"]["risk_difference"]
+
+
+def test_a_plan_the_policy_rarely_gives_gets_a_support_warning(client: TestClient) -> None:
+    (answer,) = post(client, body({"label": "v", "interventions": VASOPRESSOR_6H},
+                                  model="rare"))["what_if"]
+    assert answer["support"]["plan"] == "vasopressor_6h"
+    assert 0.0 < answer["support"]["propensity"] < 0.05
+    assert any("barely supported" in w and "< 0.05" in w for w in answer["warnings"])
+
+
+def test_a_decision_outside_the_trained_hours_is_flagged(client: TestClient) -> None:
+    payload = body({"label": "a", "interventions": [
+        {"time": float(h), "variable": "antibiotics", "value": 1} for h in range(7, 48, 8)]})
+    payload["observations"] = [o for o in payload["observations"] if o["time"] < 7.0]
+    (answer,) = post(client, payload)["what_if"]
+    assert answer["support"]["plan"] == "antibiotics_now"
+    assert any("decision at hour 7 lies outside" in w for w in answer["warnings"])
 
 
 def test_iso_requests_get_iso_forecast_times(client: TestClient) -> None:

@@ -134,3 +134,17 @@ def test_a_risk_checkpoint_has_no_effect_model(tmp_path: Path) -> None:
     ckpt = load_checkpoint(save_checkpoint(tmp_path, "r", build_model(rcfg), rcfg, norm, GRID))
     with pytest.raises(CheckpointError, match="no treatment-effect model"):
         load_effect(ckpt)
+
+
+def test_intervals_hold_the_estimate_even_when_calibration_moves_them_aside() -> None:
+    norm, cfg = normalizer(), config()
+    model = EffectModel(cfg, PLANS, canonical_templates(norm, GRID), [], [], PropensityNet(cfg),
+                        {"antibiotics_now": (-2.0, 0.5), "vasopressor_6h": (-0.4, -0.3)},
+                        0.9, 85.0, 15.0, (12, 36))
+    effect = np.array([-0.05, 0.07, 0.02])
+    risk, base = np.array([0.15, 0.27, 0.22]), np.full(3, 0.2)
+    iv = model.intervals(effect, risk, base, np.array([1, 2, -1]))
+    scale = np.maximum(risk, base) + 0.01
+    np.testing.assert_allclose(iv[0], effect[0] + np.array([-2.0, 0.5]) * scale[0])
+    np.testing.assert_allclose(iv[1], [effect[1] - 0.4 * scale[1], effect[1]])  # widened
+    np.testing.assert_allclose(iv[2], effect[2] + np.array([-2.0, 0.5]) * scale[2])  # widest
