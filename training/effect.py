@@ -44,8 +44,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -79,6 +80,7 @@ __all__ = [
     "EffectTask",
     "FittedEffect",
     "PropensityTask",
+    "calibrate_intervals",
     "canonical_templates",
     "check_effect_data",
     "conformal_quantiles",
@@ -353,14 +355,36 @@ def target_offsets(logits: np.ndarray, plan_class: np.ndarray, died: np.ndarray,
     return out
 
 
+def calibrate_intervals(model: EffectModel, val: EffectStays, truth: np.ndarray
+                        ) -> dict[str, float]:
+    """Fill `model.interval` by split conformal calibration on the validation stays and
+    their counterfactual true risks (N, P); returns the validation PEHE of both estimators."""
+    dec = val.decision.cpu().numpy()
+    out = model.outcomes(val.hist, dec, model.canonical_plans(dec))
+    metrics = {}
+    for q, name in enumerate(PLANS[1:], start=1):
+        tau_hat = out.risk[:, q] - out.risk[:, 0]
+        tau = truth[:, q] - truth[:, 0]
+        scores = (tau - tau_hat) / interval_scale(out.risk[:, q], out.risk[:, 0])
+        model.interval[name] = conformal_quantiles(scores, NOMINAL_COVERAGE)
+        naive = out.naive_risk[:, q] - out.naive_risk[:, 0]
+        metrics[f"effect_val_{name}_pehe"] = float(np.sqrt(np.mean((tau_hat - tau) ** 2)))
+        metrics[f"effect_val_{name}_naive_pehe"] = float(np.sqrt(np.mean((naive - tau) ** 2)))
+    return metrics
+
+
 @dataclass
 class FittedEffect:
     model: EffectModel
     metrics: dict[str, Any]  # validation figures, prefixed effect_
 
 
-def _seeded(cfg: TrainConfig, seed: int, builder: type[nn.Module], ecfg: EffectConfig,
-            device: torch.device) -> nn.Module:
+_Net = TypeVar("_Net", EffectNet, PropensityNet)
+
+
+def _seeded(builder: Callable[[EffectConfig], _Net], ecfg: EffectConfig, seed: int,
+            device: torch.device) -> _Net:
+    """A fresh network whose initial weights depend on `seed` alone."""
     torch.manual_seed(seed)
     return builder(ecfg).to(device)
 
@@ -389,7 +413,7 @@ def fit_effect(cfg: TrainConfig, ds: Dataset, split: Split, normalizer: Normaliz
         raise ValueError("too few stays follow a canonical plan to fit the effect model")
     train, val = stays["train"].to(d.device), stays["val"].to(d.device)
 
-    prop = _seeded(cfg, cfg.seed, PropensityNet, ecfg, d.device)
+    prop = _seeded(PropensityNet, ecfg, cfg.seed, d.device)
     prop_fit = fit(prop, PropensityTask(train, val), cfg, d)
     prop.load_state_dict(prop_fit.best_state)
     prop.eval()
@@ -405,42 +429,32 @@ def fit_effect(cfg: TrainConfig, ds: Dataset, split: Split, normalizer: Normaliz
     history: dict[str, list[float]] = {"adjusted_epochs": [], "naive_epochs": []}
     for m in range(cfg.effect_members):
         for weighted in (True, False):
-            net = _seeded(cfg, cfg.seed + 1 + m, EffectNet, ecfg, d.device)
+            net = _seeded(EffectNet, ecfg, cfg.seed + 1 + m, d.device)
             res = fit(net, EffectTask(train, val, weighted), replace(cfg, seed=cfg.seed + 1 + m),
                       d)
             net.load_state_dict(res.best_state)
-            members[weighted].append(net.cpu().eval())  # type: ignore[arg-type]
+            members[weighted].append(net.cpu().eval())
             history["adjusted_epochs" if weighted else "naive_epochs"].append(res.best_epoch)
     map_j = max(ecfg.map_index, 0)
     model = EffectModel(ecfg, PLANS, templates, members[True], members[False],
-                        prop.cpu().eval(), {}, NOMINAL_COVERAGE,  # type: ignore[arg-type]
+                        prop.cpu().eval(), {}, NOMINAL_COVERAGE,
                         float(normalizer.mean[map_j]), float(normalizer.std[map_j]),
                         (int(train.decision.min()), int(train.decision.max())))
 
     factual = [_factual_logits(model, stays[part]) for part in ("train", "val")]
     model.offsets = target_offsets(
-        np.concatenate([f for f in factual], axis=1),
+        np.concatenate(factual, axis=1),
         np.concatenate([stays[p].plan_class.numpy() for p in ("train", "val")]),
         np.concatenate([stays[p].died.numpy() for p in ("train", "val")]),
         np.concatenate([w_train, w_val]))
 
-    v = stays["val"]
-    truth = true_risks(ds, v.ids, PLANS)
-    dec = v.decision.numpy()
-    out = model.outcomes(v.hist, dec, model.canonical_plans(dec))
     metrics: dict[str, Any] = {
         "effect_offsets": dict(model.offsets),
-        "effect_val_n": len(v), "effect_weight_bounds": list(bounds),
+        "effect_val_n": len(stays["val"]), "effect_weight_bounds": list(bounds),
         "effect_weight_ess": float(w_train.sum() ** 2 / (w_train ** 2).sum() / len(w_train)),
         "effect_propensity_val_loss": prop_fit.history[prop_fit.best_epoch]["val_loss"],
         "effect_best_epochs": history,
     }
-    for q, name in enumerate(PLANS[1:], start=1):
-        tau_hat = out.risk[:, q] - out.risk[:, 0]
-        tau = truth[:, q] - truth[:, 0]
-        scores = (tau - tau_hat) / interval_scale(out.risk[:, q], out.risk[:, 0])
-        model.interval[name] = conformal_quantiles(scores, NOMINAL_COVERAGE)
-        naive = out.naive_risk[:, q] - out.naive_risk[:, 0]
-        metrics[f"effect_val_{name}_pehe"] = float(np.sqrt(np.mean((tau_hat - tau) ** 2)))
-        metrics[f"effect_val_{name}_naive_pehe"] = float(np.sqrt(np.mean((naive - tau) ** 2)))
+    metrics.update(calibrate_intervals(model, stays["val"], true_risks(ds, stays["val"].ids,
+                                                                       PLANS)))
     return FittedEffect(model, metrics)
