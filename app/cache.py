@@ -23,16 +23,17 @@ from models.predict import Prediction
 
 __all__ = ["PredictionCache", "stay_key"]
 
-Key = tuple[str, str, bytes]
+Key = tuple[str, str, bool, bytes]
 
 
-def stay_key(ckpt: Checkpoint, tensors: Tensors, i: int) -> Key:
-    """The cache key of stay `i` of `tensors` (tensorised with `ckpt`'s normaliser and grid)."""
+def stay_key(ckpt: Checkpoint, tensors: Tensors, i: int, explain: bool = True) -> Key:
+    """The cache key of stay `i` of `tensors` (tensorised with `ckpt`'s normaliser and grid),
+    with or without the contributions."""
     digest = hashlib.blake2b(digest_size=16)
     for array in (tensors.values[i], tensors.mask[i], tensors.delta[i], tensors.static[i],
                   tensors.step_mask[i], tensors.offset[i:i + 1]):
         digest.update(array.tobytes())
-    return ckpt.name, ckpt.version, digest.digest()
+    return ckpt.name, ckpt.version, explain, digest.digest()
 
 
 class PredictionCache:

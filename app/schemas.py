@@ -332,7 +332,9 @@ class Contribution(BaseModel):
 class Explanation(BaseModel):
     attention: list[AttentionBin] = Field(description="one bin per grid step from the first to "
                                                       "the last bin holding an observation")
-    variables: list[Contribution] = Field(description="sorted by |contribution|, largest first")
+    variables: list[Contribution] | None = Field(
+        description="sorted by |contribution|, largest first; null when the request asked "
+                    "for none (?contributions=false)")
 
 
 class PredictResponse(BaseModel):

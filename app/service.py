@@ -56,12 +56,16 @@ class Job:
     code: np.ndarray  # (n_obs,) position of each row's variable in `names`
     warnings: tuple[str, ...]
     what_if: PlanQuestion | None = None  # the request's plans, when it asks what-if
+    explain: bool = True  # per-variable contributions (integrated gradients) wanted
 
 
-def prepare(request: PredictRequest, ckpt: Checkpoint, max_observations: int) -> Job:
+def prepare(request: PredictRequest, ckpt: Checkpoint, max_observations: int,
+            explain: bool = True) -> Job:
     """Checks that need the model or the settings; raises InvalidRequest naming the problem.
 
-    Every later step works on arrays made here in one pass over the observations.
+    Every later step works on arrays made here in one pass over the observations. Without
+    `explain` the response leaves out the contributions (their integrated gradients cost
+    several forward and backward passes per patient).
     """
     observations = request.observations
     n = len(observations)
@@ -89,7 +93,7 @@ def prepare(request: PredictRequest, ckpt: Checkpoint, max_observations: int) ->
     question = prepare_what_if(request.what_if, ckpt, hours, timebase) \
         if request.what_if else None
     return Job(request, ckpt, timebase, hours, variables, values, names, code,
-               tuple(_warnings(job)), question)
+               tuple(_warnings(job)), question, explain)
 
 
 def _warnings(job: Job) -> list[str]:
@@ -155,8 +159,10 @@ def _explanation(job: Job, pred: Prediction) -> Explanation:
     ]
     # A variable the request never mentions equals the attribution baseline ("nothing
     # observed"), so its contribution is zero up to float noise: list only those it holds.
+    if not job.explain or pred.contributions is None:
+        return Explanation(attention=bins, variables=None)
     present = set(job.names)
-    contributions = {k: v for k, v in (pred.contributions or {}).items() if k in present}
+    contributions = {k: v for k, v in pred.contributions.items() if k in present}
     ranked = sorted(contributions.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
     return Explanation(
         attention=bins,
@@ -193,10 +199,10 @@ Outcome = PredictResponse | ServiceError
 
 
 def _by_model(jobs: Sequence[Job]) -> Iterator[tuple[list[int], list[Job], Tensors]]:
-    """Per checkpoint: the jobs' positions, the jobs, and their stays tensorised."""
-    groups: dict[int, list[int]] = {}
+    """Per checkpoint and explain flag: the jobs' positions, the jobs, their stays tensorised."""
+    groups: dict[tuple[int, bool], list[int]] = {}
     for i, job in enumerate(jobs):
-        groups.setdefault(id(job.ckpt), []).append(i)
+        groups.setdefault((id(job.ckpt), job.explain), []).append(i)
     for members in groups.values():
         group = [jobs[i] for i in members]
         ckpt = group[0].ckpt
@@ -228,7 +234,8 @@ def predict_each(jobs: Sequence[Job], cache: PredictionCache | None = None) -> l
     """
     outcomes: list[Outcome | None] = [None] * len(jobs)
     for members, group, tensors in _by_model(jobs):
-        _responses(outcomes, members, group, _score(group[0].ckpt, tensors, cache))
+        _responses(outcomes, members, group,
+                   _score(group[0].ckpt, tensors, cache, group[0].explain))
     return [o for o in outcomes if o is not None]
 
 
@@ -240,7 +247,7 @@ def answer_cached(jobs: Sequence[Job], cache: PredictionCache) -> list[Outcome] 
     outcomes: list[Outcome | None] = [None] * len(jobs)
     for members, group, tensors in _by_model(jobs):
         ckpt = group[0].ckpt
-        found = [cache.get(stay_key(ckpt, tensors, i), count_miss=False)
+        found = [cache.get(stay_key(ckpt, tensors, i, group[0].explain), count_miss=False)
                  for i in range(len(tensors))]
         if any(p is None for p in found):
             return None
@@ -248,23 +255,24 @@ def answer_cached(jobs: Sequence[Job], cache: PredictionCache) -> list[Outcome] 
     return [o for o in outcomes if o is not None]
 
 
-def _score(ckpt: Checkpoint, tensors: Tensors, cache: PredictionCache | None
+def _score(ckpt: Checkpoint, tensors: Tensors, cache: PredictionCache | None, explain: bool
            ) -> list[Prediction]:
-    """The stays' predictions with explanations, from the cache where it has them."""
+    """The stays' predictions, from the cache where it has them."""
     if cache is None:
-        return _scored(ckpt, tensors)
-    keys = [stay_key(ckpt, tensors, i) for i in range(len(tensors))]
+        return _scored(ckpt, tensors, explain)
+    keys = [stay_key(ckpt, tensors, i, explain) for i in range(len(tensors))]
     found = [cache.get(k) for k in keys]
     missing = [i for i, p in enumerate(found) if p is None]
     if missing:
-        for i, prediction in zip(missing, _scored(ckpt, tensors.select(missing)), strict=True):
+        scored = _scored(ckpt, tensors.select(missing), explain)
+        for i, prediction in zip(missing, scored, strict=True):
             found[i] = prediction
             cache.put(keys[i], prediction)
     return [p for p in found if p is not None]
 
 
-def _scored(ckpt: Checkpoint, tensors: Tensors) -> list[Prediction]:
-    predictions = score_tensors(ckpt, tensors, explain=True)
+def _scored(ckpt: Checkpoint, tensors: Tensors, explain: bool) -> list[Prediction]:
+    predictions = score_tensors(ckpt, tensors, explain=explain)
     if len(predictions) != len(tensors):
         raise ModelFailure("the model returned a different number of predictions")
     return predictions

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Response
+from fastapi import APIRouter, Body, Query, Response
 from pydantic import BaseModel
 
 from app.deps import BatcherDep, MetricsDep, RegistryDep, SettingsDep
@@ -54,6 +54,12 @@ async def _score(jobs: list[Job], batcher: BatcherDep, metrics: MetricsDep
     return responses
 
 
+Contributions = Annotated[bool, Query(
+    description="false: leave out explanation.variables (null). Their integrated gradients "
+                "cost several forward and backward passes per patient; bulk scoring rarely "
+                "needs them.")]
+
+
 def _json(body: BaseModel) -> Response:
     """The response model's JSON as is: FastAPI would dump, re-validate and re-encode it."""
     return Response(body.model_dump_json(), media_type="application/json")
@@ -64,10 +70,10 @@ def _json(body: BaseModel) -> Response:
 async def predict_one(
     request: Annotated[PredictRequest, Body(openapi_examples=EXAMPLES)],
     registry: RegistryDep, settings: SettingsDep, metrics: MetricsDep, batcher: BatcherDep,
-    _: UserKey,
+    _: UserKey, contributions: Contributions = True,
 ) -> Response:
     ckpt = registry.get(request.model)  # this request's model, whatever a reload does next
-    job = prepare(request, ckpt, settings.max_observations)
+    job = prepare(request, ckpt, settings.max_observations, contributions)
     (response,) = await _score([job], batcher, metrics)
     return _json(response)
 
@@ -76,7 +82,7 @@ async def predict_one(
              summary="Many patients in one request, answered in the same order")
 async def predict_batch(
     batch: BatchRequest, registry: RegistryDep, settings: SettingsDep, metrics: MetricsDep,
-    batcher: BatcherDep, _: UserKey,
+    batcher: BatcherDep, _: UserKey, contributions: Contributions = True,
 ) -> Response:
     if len(batch.patients) > settings.max_batch:
         raise InvalidRequest(f"patients: {len(batch.patients)} patients exceed the limit of "
@@ -84,7 +90,8 @@ async def predict_batch(
     jobs = []
     for i, request in enumerate(batch.patients):
         try:
-            jobs.append(prepare(request, registry.get(request.model), settings.max_observations))
+            jobs.append(prepare(request, registry.get(request.model), settings.max_observations,
+                                contributions))
         except ServiceError as e:
             raise e.in_batch(i) from None
     return _json(BatchResponse(results=await _score(jobs, batcher, metrics)))

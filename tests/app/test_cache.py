@@ -56,3 +56,18 @@ def test_the_cache_is_bounded_and_can_be_switched_off(tmp_path: Path) -> None:
             assert len(_cache(c)) == kept
             c.post("/v1/predict", json=bodies[0], headers=USER)  # least recently used: gone
             assert _cache(c).hits == 0
+
+
+def test_contributions_can_be_left_out_and_are_cached_apart(tmp_path: Path) -> None:
+    make_checkpoint(tmp_path)
+    with TestClient(create_app(settings_for(tmp_path))) as c:
+        full = c.post("/v1/predict", json=request_body(), headers=USER).json()
+        bare = c.post("/v1/predict", json=request_body(), headers=USER,
+                      params={"contributions": "false"}).json()
+        assert full["explanation"]["variables"] and bare["explanation"]["variables"] is None
+        assert bare["risk"] == full["risk"]
+        assert bare["explanation"]["attention"] == full["explanation"]["attention"]
+        batch = c.post("/v1/predict/batch", json={"patients": [request_body()] * 2},
+                       headers=USER, params={"contributions": "false"}).json()
+        assert [r["explanation"]["variables"] for r in batch["results"]] == [None, None]
+        assert (_cache(c).hits, _cache(c).misses) == (2, 2)  # the batch: both from it
