@@ -280,3 +280,12 @@ def test_model_dir_is_not_reachable_through_ids(client: TestClient, shared_model
                                                 ) -> None:
     r = client.get("/v1/models/..%2F..%2Fetc", headers=USER)
     assert r.status_code == 404 and str(shared_model_dir) not in r.text
+
+
+def test_an_intervention_long_after_the_last_measurement_is_scored_not_a_500(
+        client: TestClient) -> None:
+    # it lies past the model's window (which ends at the last measured bin): left out
+    r = post(client, text(observations=[
+        {"time": 1.0, "variable": "heart_rate", "value": 80},
+        {"time": 60.0, "variable": "antibiotics", "value": 1}]))
+    assert r.status_code == 200, r.text
