@@ -22,9 +22,10 @@ equal that class's template exactly; any other plan never occurs after a decisio
 data, so its propensity is 0.
 
 `EffectModel` bundles what a checkpoint of task "effect" carries beside its risk model: an
-adjusted ensemble, the naive ensemble (same networks fitted without adjustment), the
-propensity network, the plan templates and the conformal interval quantiles. How they are
-fitted, and why inverse-probability weights, is in training/effect.py.
+adjusted ensemble with its per-plan targeted logit offsets, the naive ensemble (same
+networks fitted without adjustment), the propensity network, the plan templates and the
+conformal interval quantiles. How they are fitted, and why inverse-probability weights,
+is in training/effect.py.
 """
 
 from __future__ import annotations
