@@ -1,7 +1,7 @@
 """Soak: a real uvicorn server on 127.0.0.1 under mixed valid and invalid traffic.
 
     python -m benchmarks.soak [--seconds 60] [--concurrency 32] [--reload-during]
-                              [--model-dir DIR] [--max-requests N] [--seed S]
+                              [--model-dir DIR] [--max-requests N] [--seed S] [--no-cache]
 
 Starts `python -m app` on a free loopback port with a tiny model in a temporary model dir
 (or a copy-free `--model-dir` of your own), warms it up, then keeps `--concurrency`
@@ -20,6 +20,10 @@ allocator arena per worker thread, each grown to the largest request it has held
 With `--reload-during`, halfway through it publishes a new version of the model and calls
 POST /v1/models/reload with the admin key, then reports failed requests and whether every
 prediction that started after the reload answered on the new version.
+
+The valid requests repeat a few bodies, which the service's prediction cache answers after
+the first time; `--no-cache` (VITALCAST_CACHE_ENTRIES=0) makes every one of them run the
+network and its integrated gradients.
 
 Bounded in time (`--seconds`) and count (`--max-requests`); loopback only.
 """
@@ -344,14 +348,15 @@ async def _soak(server: Server, model_dir: Path, seconds: float, warmup: float,
 
 def run_soak(seconds: float = 60.0, concurrency: int = 32, *, reload_during: bool = False,
              model_dir: Path | None = None, max_requests: int = 1_000_000,
-             seed: int = 0, warmup: float = 15.0) -> SoakResult:
+             seed: int = 0, warmup: float = 15.0, cache: bool = True) -> SoakResult:
     """Start a server, warm it up for `warmup` s of the same mix, soak it, stop it."""
     with tempfile.TemporaryDirectory(prefix="vitalcast-soak-") as tmp:
         if model_dir is None:
             model_dir = Path(tmp) / "models"
             make_checkpoint(model_dir)
         log_path = Path(tmp) / "server.log"
-        with serve(model_dir, log_path) as server:
+        env = {} if cache else {"VITALCAST_CACHE_ENTRIES": "0"}
+        with serve(model_dir, log_path, env=env) as server:
             result = asyncio.run(_soak(server, model_dir, seconds, warmup, concurrency,
                                        max_requests, reload_during, seed))
         result.server_warnings = [line for line in log_path.read_text().splitlines()
@@ -374,14 +379,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="seconds of the same mix before RSS is taken as the baseline")
     ap.add_argument("--max-requests", type=int, default=1_000_000, help="request cap")
     ap.add_argument("--seed", type=int, default=0, help="seed of the request mix")
+    ap.add_argument("--no-cache", action="store_true",
+                    help="switch the prediction cache off: every valid request is scored")
     args = ap.parse_args(argv)
     if not 0 < args.seconds <= 3600 or not 1 <= args.concurrency <= 256:
         ap.error("--seconds must be in (0, 3600] and --concurrency in [1, 256]")
     result = run_soak(args.seconds, args.concurrency, reload_during=args.reload_during,
                       model_dir=args.model_dir, max_requests=args.max_requests, seed=args.seed,
-                      warmup=args.warmup)
+                      warmup=args.warmup, cache=not args.no_cache)
     print(f"soak: {args.concurrency} connections, {args.seconds:g} s, loopback"
-          + (", reload halfway" if args.reload_during else ""))
+          + (", reload halfway" if args.reload_during else "")
+          + (", prediction cache off" if args.no_cache else ""))
     for line in result.lines():
         print("  " + line)
     ok = (result.server_errors == 0 and result.connection_errors == 0 and result.failed == 0
