@@ -6,6 +6,7 @@ registry and metrics); models are loaded in `lifespan`, never at import time.
 
 from __future__ import annotations
 
+import gc
 import logging
 import traceback
 from collections.abc import AsyncIterator, Sequence
@@ -131,6 +132,20 @@ class _CatchAll:
                 await send({"type": "http.response.body", "body": body})
 
 
+def _tune_gc() -> None:
+    """Keep the cyclic garbage collector off the request path.
+
+    torch, pandas and the loaded models leave ~250,000 long-lived objects that every full
+    collection would walk, and a request allocates thousands of short-lived ones (an object
+    per observation), which at the default thresholds trigger collections within a request:
+    validating a 256-patient batch took 3x as long with them. Freezing moves what exists at
+    start-up out of the collector's view; a higher first threshold collects less often.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     metrics = Metrics()
@@ -149,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry.load()
         metrics.models_loaded.set(len(registry.models))
         metrics.load_failures.inc(len(registry.failures))
+        _tune_gc()
         batcher.start()
         try:
             yield
