@@ -1,12 +1,11 @@
-"""A bounded cache of predictions, keyed by exactly what the network would see.
+"""A bounded cache of predictions, keyed by the rows a request gave.
 
 Monitoring systems poll every patient on a ward, every few minutes, while new values
 arrive hourly: most requests repeat the last one. The key is the checkpoint (name and
-version: a reload starts fresh keys) and a digest of the stay's tensors (values, masks,
-hours-since, statics, window): two requests that tensorise to the same bytes get the same
-network outputs, and whatever differs only outside the model's view (the patient id, the
-order of the rows, variables the model does not use) still hits. Responses are built from
-the cached prediction with this request's own id, times and warnings.
+version: a reload starts fresh keys), whether contributions were asked for, and a digest
+of the validated rows (in a fixed order, so the order a client sends them in does not
+matter) and the statics: the same rows tensorise to the same network input. Responses are
+built from the cached prediction with this request's own id, times and warnings.
 
 Bounded in entries (least recently used out); ~3 KB each for the default model.
 """
@@ -16,23 +15,26 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
 
 from models.checkpoint import Checkpoint
-from models.features import Tensors
 from models.predict import Prediction
 
-__all__ = ["PredictionCache", "stay_key"]
+__all__ = ["Key", "PredictionCache", "rows_key"]
 
 Key = tuple[str, str, bool, bytes]
 
 
-def stay_key(ckpt: Checkpoint, tensors: Tensors, i: int, explain: bool = True) -> Key:
-    """The cache key of stay `i` of `tensors` (tensorised with `ckpt`'s normaliser and grid),
-    with or without the contributions."""
+def rows_key(ckpt: Checkpoint, explain: bool, arrays: Sequence[np.ndarray], extra: str
+             ) -> Key:
+    """The cache key of a stay given as arrays (and `extra` text) scored with `ckpt`."""
     digest = hashlib.blake2b(digest_size=16)
-    for array in (tensors.values[i], tensors.mask[i], tensors.delta[i], tensors.static[i],
-                  tensors.step_mask[i], tensors.offset[i:i + 1]):
-        digest.update(array.tobytes())
+    for array in arrays:
+        data = np.ascontiguousarray(array).tobytes()
+        digest.update(len(data).to_bytes(8, "little") + data)
+    digest.update(extra.encode())
     return ckpt.name, ckpt.version, explain, digest.digest()
 
 

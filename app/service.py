@@ -17,7 +17,7 @@ from itertools import chain
 
 import numpy as np
 
-from app.cache import PredictionCache, stay_key
+from app.cache import Key, PredictionCache, rows_key
 from app.errors import InvalidRequest, ModelFailure, ServiceError
 from app.schemas import (
     AttentionBin,
@@ -198,22 +198,39 @@ def _what_if(job: Job) -> list[WhatIfAnswer] | None:
 Outcome = PredictResponse | ServiceError
 
 
-def _by_model(jobs: Sequence[Job]) -> Iterator[tuple[list[int], list[Job], Tensors]]:
-    """Per checkpoint and explain flag: the jobs' positions, the jobs, their stays tensorised."""
+def _groups(jobs: Sequence[Job]) -> Iterator[tuple[list[int], list[Job]]]:
+    """Per checkpoint and explain flag: the jobs' positions and the jobs."""
     groups: dict[tuple[int, bool], list[int]] = {}
     for i, job in enumerate(jobs):
         groups.setdefault((id(job.ckpt), job.explain), []).append(i)
     for members in groups.values():
-        group = [jobs[i] for i in members]
-        ckpt = group[0].ckpt
-        tensors = tensorise_rows(
-            np.repeat(np.arange(len(group)), [len(j.hours) for j in group]),
-            np.concatenate([j.hours for j in group]),
-            list(chain.from_iterable(j.variables for j in group)),
-            np.concatenate([j.values for j in group]),
-            [j.request.static.numeric() if j.request.static else {} for j in group],
-            ckpt.normalizer, ckpt.grid)
-        yield members, group, tensors
+        yield members, [jobs[i] for i in members]
+
+
+def _tensorise(group: Sequence[Job]) -> Tensors:
+    """The stays of jobs that share a checkpoint, on its grid."""
+    ckpt = group[0].ckpt
+    return tensorise_rows(
+        np.repeat(np.arange(len(group)), [len(j.hours) for j in group]),
+        np.concatenate([j.hours for j in group]),
+        list(chain.from_iterable(j.variables for j in group)),
+        np.concatenate([j.values for j in group]),
+        [j.request.static.numeric() if j.request.static else {} for j in group],
+        ckpt.normalizer, ckpt.grid)
+
+
+# A fixed number per catalogue name: cache keys must not depend on the order of the rows.
+_NAME_ID = {name: i for i, name in enumerate(CATALOGUE)}
+
+
+def _key(job: Job) -> Key:
+    """The cache key of a job: its checkpoint, whether it explains, and a digest of its
+    rows in a fixed order and its statics; what the network sees follows from these."""
+    name_id = np.array([_NAME_ID[name] for name in job.names], dtype=np.int64)[job.code]
+    order = np.lexsort((job.values, name_id, job.hours))
+    static = job.request.static.numeric() if job.request.static else {}
+    return rows_key(job.ckpt, job.explain, (job.hours[order], name_id[order],
+                                           job.values[order]), repr(sorted(static.items())))
 
 
 def _responses(outcomes: list[Outcome | None], members: list[int], group: list[Job],
@@ -233,9 +250,8 @@ def predict_each(jobs: Sequence[Job], cache: PredictionCache | None = None) -> l
     Blocking (torch): call it from a worker thread, not the event loop.
     """
     outcomes: list[Outcome | None] = [None] * len(jobs)
-    for members, group, tensors in _by_model(jobs):
-        _responses(outcomes, members, group,
-                   _score(group[0].ckpt, tensors, cache, group[0].explain))
+    for members, group in _groups(jobs):
+        _responses(outcomes, members, group, _predictions(group, cache))
     return [o for o in outcomes if o is not None]
 
 
@@ -245,26 +261,24 @@ def answer_cached(jobs: Sequence[Job], cache: PredictionCache) -> list[Outcome] 
     if any(job.what_if is not None for job in jobs):
         return None  # plans are scored by torch: the inference thread's work
     outcomes: list[Outcome | None] = [None] * len(jobs)
-    for members, group, tensors in _by_model(jobs):
-        ckpt = group[0].ckpt
-        found = [cache.get(stay_key(ckpt, tensors, i, group[0].explain), count_miss=False)
-                 for i in range(len(tensors))]
+    for members, group in _groups(jobs):
+        found = [cache.get(_key(job), count_miss=False) for job in group]
         if any(p is None for p in found):
             return None
         _responses(outcomes, members, group, [p for p in found if p is not None])
     return [o for o in outcomes if o is not None]
 
 
-def _score(ckpt: Checkpoint, tensors: Tensors, cache: PredictionCache | None, explain: bool
-           ) -> list[Prediction]:
+def _predictions(group: list[Job], cache: PredictionCache | None) -> list[Prediction]:
     """The stays' predictions, from the cache where it has them."""
+    ckpt, explain = group[0].ckpt, group[0].explain
     if cache is None:
-        return _scored(ckpt, tensors, explain)
-    keys = [stay_key(ckpt, tensors, i, explain) for i in range(len(tensors))]
+        return _scored(ckpt, _tensorise(group), explain)
+    keys = [_key(job) for job in group]
     found = [cache.get(k) for k in keys]
     missing = [i for i, p in enumerate(found) if p is None]
     if missing:
-        scored = _scored(ckpt, tensors.select(missing), explain)
+        scored = _scored(ckpt, _tensorise([group[i] for i in missing]), explain)
         for i, prediction in zip(missing, scored, strict=True):
             found[i] = prediction
             cache.put(keys[i], prediction)
