@@ -1,7 +1,7 @@
 """Bulk scoring speed: the batch endpoint and the evaluation path against the raw forward pass.
 
     python -m benchmarks.scoring [--patients 10000] [--batch 256] [--http-patients N]
-                                 [--threads 1] [--seed 7]
+                                 [--threads 1] [--seed 7] [--contributions]
 
 A synthetic cohort (training.synthesize) is scored with the default model (benchmarks._server:
 bi-LSTM at the default sizes, random weights) three ways, each timed on its own:
@@ -14,8 +14,11 @@ bi-LSTM at the default sizes, random weights) three ways, each timed on its own:
    worker, loopback), batches of `--batch` patients, JSON in and JSON out end to end:
    request bodies are encoded before the clock starts, the clock runs from the first byte
    sent to the last response parsed; one request at a time on one connection. Responses
-   carry everything a single prediction does (risk, NEWS2, attention, contributions).
-   `--http-patients` scores only the first N patients this way (default: all).
+   carry risk, prognosis, NEWS2, warnings and attention; `?contributions=false` leaves out
+   the integrated-gradients contributions (several forward and backward passes per patient,
+   which no forward-pass budget covers) unless `--contributions`. The server's prediction
+   cache is off: every patient is scored. `--http-patients` scores only the first N
+   patients this way (default: all).
 
 Prints patients/s for each and the ratios to the raw forward pass (target for the batch
 endpoint: >= 0.5). torch runs with `--threads` intra-op threads (the server's default, 1).
@@ -71,6 +74,8 @@ def main() -> None:
     ap.add_argument("--http-patients", type=int, default=0, help="0 = all")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--contributions", action="store_true",
+                    help="ask the batch endpoint for the IG contributions too")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -123,14 +128,17 @@ def main() -> None:
         size = sum(len(b) for _, b in bodies)
         headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
         env = {"VITALCAST_MAX_BODY_BYTES": str(max(len(b) for _, b in bodies) + 1024),
-               "VITALCAST_MAX_BATCH": str(args.batch)}
+               "VITALCAST_MAX_BATCH": str(args.batch), "VITALCAST_CACHE_ENTRIES": "0"}
+        params = {"contributions": "true" if args.contributions else "false"}
         with (serve(model_dir, Path(tmp) / "server.log", env=env) as server,
               httpx.Client(base_url=server.base_url, timeout=600) as client):
-            client.post("/v1/predict/batch", content=bodies[0][1], headers=headers)  # warm-up
+            client.post("/v1/predict/batch", content=bodies[0][1], headers=headers,
+                        params=params)  # warm-up
             scored = 0
             t0 = time.perf_counter()
             for count, body in bodies:
-                r = client.post("/v1/predict/batch", content=body, headers=headers)
+                r = client.post("/v1/predict/batch", content=body, headers=headers,
+                                params=params)
                 if r.status_code != 200:
                     raise SystemExit(f"batch answered {r.status_code}: {r.text[:300]}")
                 results = orjson.loads(r.content)["results"]
@@ -140,6 +148,7 @@ def main() -> None:
             http_s = time.perf_counter() - t0
             rss = server.rss_mib()
         endpoint = scored / http_s
+        print(f"contributions: {params['contributions']}")
         print(f"batch endpoint (HTTP):{endpoint:9,.0f} patients/s  ({http_s:.2f} s for "
               f"{scored:,} patients, {size / 1e6:.0f} MB of JSON in)  ratio to raw "
               f"{endpoint / raw:.2f} (target >= 0.5: {'PASS' if endpoint / raw >= 0.5 else 'FAIL'})"
