@@ -138,7 +138,7 @@ def _tune_gc() -> None:
     torch, pandas and the loaded models leave ~250,000 long-lived objects that every full
     collection would walk, and a request allocates thousands of short-lived ones (an object
     per observation), which at the default thresholds trigger collections within a request:
-    validating a 256-patient batch took 3x as long with them. Freezing moves what exists at
+    validating a 256-patient batch took 2.6x as long with them. Freezing moves what exists at
     start-up out of the collector's view; a higher first threshold collects less often.
     """
     gc.collect()
