@@ -24,6 +24,7 @@ __all__ = [
 
 TASKS = ("risk", "forecast", "effect")
 RECURRENT_ARCHS = ("elman", "jordan", "lstm", "gru")
+LR_SCHEDULES = ("constant", "cosine")
 # Vitals and the one fast lab a bedside forecast is useful for; all are catalogue names.
 DEFAULT_FORECAST_TARGETS = (
     "heart_rate", "sbp", "map", "resp_rate", "spo2", "temperature", "lactate",
@@ -48,6 +49,7 @@ class TrainConfig:
     dropout: float = 0.1  # between layers and before the heads
     attn_dim: int = 32  # additive attention width
     lr: float = 3e-3  # Adam learning rate; 3e-3 converges in a handful of epochs at batch 256
+    lr_schedule: str = "constant"  # or "cosine": decay to 0 over `epochs` (see training/loop.py)
     weight_decay: float = 1e-5  # AdamW decoupled decay, a light regulariser
     batch_size: int = 256  # per process; large enough to keep 2 CPU cores busy
     epochs: int = 20  # upper bound; early stopping usually ends sooner
@@ -56,6 +58,7 @@ class TrainConfig:
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, validation, test fractions
     min_prefix_hours: float = 6.0  # shortest random prefix seen in training
     max_prefix_hours: float = 48.0  # longest (the full window at the default grid)
+    full_prefix_share: float = 0.0  # share of training prefixes cut at max_prefix_hours
     step_hours: float = 1.0  # grid bin width
     n_steps: int = 48  # grid bins in the window
     pos_weight: float = 0.0  # weight of positives in the risk loss; 0 = auto (neg / pos)
@@ -96,6 +99,12 @@ class TrainConfig:
             raise ConfigError(f"need 0 < min_prefix_hours <= max_prefix_hours <= window "
                               f"({window:g} h), got {self.min_prefix_hours}, "
                               f"{self.max_prefix_hours}")
+        if not 0.0 <= self.full_prefix_share <= 1.0:
+            raise ConfigError(f"full_prefix_share must be in [0, 1], got "
+                              f"{self.full_prefix_share}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got "
+                              f"{self.lr_schedule!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
 

@@ -91,7 +91,11 @@ def _cohort(ckpt: Checkpoint, ds: Dataset) -> tuple[list[str], str]:
     died = pd.to_numeric(pats["died"], errors="coerce")
     usable = [i for i in pats.index[died.notna()] if i in observed]
     split = ckpt.extra.get("split") or {}
-    if ckpt.fingerprint and ds.fingerprint == ckpt.fingerprint and split.get("test_ids"):
+    if ckpt.fingerprint and ds.fingerprint == ckpt.fingerprint:
+        if not split.get("test_ids"):
+            raise ValueError(f"{ckpt.name} was trained on this data with no held-out test "
+                             f"split, so every patient here was seen in training; evaluate "
+                             f"it on another cohort (or train with a test fraction in --split)")
         test = set(split["test_ids"])
         return sorted(i for i in usable if i in test), "held-out test split of the training data"
     return sorted(usable), "all patients (data not seen in training)"

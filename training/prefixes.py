@@ -63,15 +63,21 @@ class StayTensors:
 
 
 def sample_prefix_bins(first_bin: Tensor, min_bins: int, max_bins: int,
-                       rng: np.random.Generator) -> Tensor:
+                       rng: np.random.Generator, full_share: float = 0.0) -> Tensor:
     """(B,) prefix lengths in bins, uniform on [min_bins, max_bins], at least one observed bin.
 
+    With `full_share` > 0 that share of the stays (drawn independently) gets the longest
+    prefix instead: the full-window question is the one asked most (evaluation, retrospective
+    review) and the hardest to answer from the few full-length draws a uniform length gives,
+    while the remaining draws keep the model valid at every earlier hour.
     A prefix that would end before the stay's first observation is stretched to include it:
     an empty series is not a question anyone asks the model.
     """
     n = first_bin.shape[0]
-    lengths = torch.from_numpy(rng.integers(min_bins, max_bins + 1, size=n)).to(first_bin)
-    return torch.maximum(lengths, first_bin + 1)
+    lengths = rng.integers(min_bins, max_bins + 1, size=n)
+    if full_share > 0.0:
+        lengths = np.where(rng.random(n) < full_share, max_bins, lengths)
+    return torch.maximum(torch.from_numpy(lengths).to(first_bin), first_bin + 1)
 
 
 def cut_prefix(x: Tensor, observed: Tensor, n_bins: Tensor) -> tuple[Tensor, Tensor]:

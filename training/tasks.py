@@ -82,6 +82,7 @@ class RiskTask:
     pos_weight: float  # > 0
     los_weight: float
     val_seed: int = 0  # fixes the validation prefixes once, so epochs compare like for like
+    full_share: float = 0.0  # share of training prefixes at max_bins (see sample_prefix_bins)
 
     def __post_init__(self) -> None:
         self.n_train = len(self.train)
@@ -92,7 +93,8 @@ class RiskTask:
 
     def batch_loss(self, model: nn.Module, idx: Tensor, rng: np.random.Generator) -> Tensor:
         s = self.train
-        n_bins = sample_prefix_bins(self._first[idx], self.min_bins, self.max_bins, rng)
+        n_bins = sample_prefix_bins(self._first[idx], self.min_bins, self.max_bins, rng,
+                                    self.full_share)
         x, step_mask = cut_prefix(s.x[idx], s.observed[idx], n_bins)  # (B,T,C), (B,T)
         out = model(x, s.static[idx], step_mask)
         return risk_los_loss(out, s.died[idx], s.los[idx], self.pos_weight, self.los_weight)

@@ -106,8 +106,12 @@ def prepare(cfg: TrainConfig) -> Prepared:
         ids = sorted(ids[i] for i in pick)
     split = split_patients(ids, cfg.seed, cfg.split)
 
+    # The first `window` hours of each stay, as training.evaluate scores them: a row at or
+    # past the window's end would slide the grid (features.tensorise) and train the model
+    # on hours 1..48 of some stays while it is evaluated on hours 0..47 of the same stays.
+    window = cfg.step_hours * cfg.n_steps
     obs = ds.observations
-    obs = obs[obs["patient_id"].astype(str).isin(set(ids))]
+    obs = obs[obs["patient_id"].astype(str).isin(set(ids)) & (obs["time_hours"] < window)]
     train_rows = obs[obs["patient_id"].astype(str).isin(set(split.train))]
     present = set(train_rows["variable"].astype(str).unique())
     features = [v for v in MEASUREMENTS if v in present]
@@ -204,7 +208,7 @@ def _train(cfg: TrainConfig, resume: bool, d: Distributed, t0: float) -> TrainRe
         extra.update(targets=list(targets), horizon=cfg.horizon)
     else:
         task = RiskTask(stays["train"], stays["val"], min_bins, max_bins, pos_weight,
-                        cfg.los_weight, val_seed=cfg.seed)
+                        cfg.los_weight, val_seed=cfg.seed, full_share=cfg.full_prefix_share)
 
     store = RunStore(Path(cfg.model_dir) / ".runs" / cfg.name)
     run_meta = {"fingerprint": prep.fingerprint, "config": cfg.to_dict(), "world": d.world}
@@ -272,12 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("hidden", int, "recurrent state size"), ("layers", int, "stacked layers"),
         ("dropout", float, "dropout rate"), ("attn-dim", int, "attention width"),
         ("lr", float, "learning rate"), ("weight-decay", float, "AdamW weight decay"),
+        ("lr-schedule", str, "constant, or cosine (decay to 0 over --epochs)"),
         ("batch-size", int, "stays per batch (per process)"),
         ("epochs", int, "maximum epochs"), ("patience", int, "early-stopping patience"),
         ("seed", int, "seed for split, prefixes and weights"),
         ("split", str, "train,val,test fractions, e.g. 0.7,0.15,0.15"),
         ("min-prefix-hours", float, "shortest training prefix"),
         ("max-prefix-hours", float, "longest training prefix"),
+        ("full-prefix-share", float, "share of training prefixes at the longest length"),
         ("step-hours", float, "grid bin width"), ("n-steps", int, "grid bins"),
         ("pos-weight", float, "positive-class weight (0 = neg/pos)"),
         ("los-weight", float, "weight of the LOS loss"),

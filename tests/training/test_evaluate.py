@@ -67,6 +67,16 @@ def test_saps_i_is_reported_where_the_patients_table_has_it(trained, other_cohor
     assert m["baselines"]["saps_i"]["n"] < 80 and m["saps_i_auroc"] > 0.7
 
 
+def test_its_own_training_data_without_a_test_split_is_refused(cohort, tmp_path, capsys):
+    cfg = TrainConfig(data=str(cohort), name="default", model_dir=str(tmp_path / "m"),
+                      split=(0.8, 0.2, 0.0), **dict(TINY, epochs=1))
+    train(cfg)
+    rc = main(["--model-dir", str(tmp_path / "m"), "--name", "default", "--data", str(cohort),
+               "--out", str(tmp_path / "r")])
+    assert rc == 2 and "no held-out test split" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "metrics.json").exists()
+
+
 def test_cli_names_a_missing_model(tmp_path, cohort, capsys):
     rc = main(["--model-dir", str(tmp_path), "--name", "nope", "--data", str(cohort),
                "--out", str(tmp_path / "r")])

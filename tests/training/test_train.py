@@ -12,7 +12,7 @@ from models.features import Grid, Normalizer, tensorise
 from training.calibration import expected_calibration_error, fit_temperature, sigmoid
 from training.config import ConfigError, TrainConfig
 from training.data import load_dataset
-from training.prefixes import StayTensors, cut_prefix, forecast_targets
+from training.prefixes import StayTensors, cut_prefix, forecast_targets, sample_prefix_bins
 from training.splits import split_patients
 from training.train import build_parser, config_from_args, main
 
@@ -130,6 +130,35 @@ def test_bidirectional_model_output_ignores_everything_after_the_prefix():
     torch.testing.assert_close(a.risk_logit, b.risk_logit)
 
 
+def test_full_prefix_share_puts_that_share_at_the_full_window_and_the_rest_uniform():
+    first = torch.zeros(20000, dtype=torch.long)
+    uniform = sample_prefix_bins(first, 6, 48, np.random.default_rng(0))
+    assert torch.equal(uniform, sample_prefix_bins(first, 6, 48, np.random.default_rng(0),
+                                                   full_share=0.0))
+    mixed = sample_prefix_bins(first, 6, 48, np.random.default_rng(0), full_share=0.5)
+    assert int(mixed.min()) == 6 and int(mixed.max()) == 48
+    full = float((mixed == 48).float().mean())
+    assert full == pytest.approx(0.5 + 0.5 / 43, abs=0.015)  # the share + uniform's own 48s
+    assert float((mixed[mixed < 48] == 6).float().mean()) == pytest.approx(1 / 42, abs=0.01)
+    late = torch.full((4,), 30)  # never shorter than the first observation + 1
+    assert bool((sample_prefix_bins(late, 6, 48, np.random.default_rng(1), 0.5) >= 31).all())
+
+
+def test_cosine_schedule_decays_the_learning_rate_to_zero_over_the_planned_epochs():
+    from training.loop import _set_lr
+
+    opt = torch.optim.AdamW(torch.nn.Linear(2, 1).parameters(), lr=1.0)
+    seen = []
+    for schedule in ("constant", "cosine"):
+        cfg = TrainConfig(data="d", lr=0.01, lr_schedule=schedule)
+        for progress in (0.0, 0.5, 1.0):
+            _set_lr(opt, cfg, progress)
+            seen.append(opt.param_groups[0]["lr"])
+    assert seen == pytest.approx([0.01, 0.01, 0.01, 0.01, 0.005, 0.0])
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        parse(["--data", "d", "--lr-schedule", "step"])
+
+
 def test_forecast_targets_are_the_bins_after_the_last_observed_one():
     x = torch.zeros(1, 10, 6)  # F = 2: values (0, 1), mask (2, 3), delta (4, 5)
     x[0, :, 0] = torch.arange(10.0)
@@ -164,6 +193,24 @@ def test_normaliser_is_fitted_on_the_training_split_only(trained, cohort):
     train_mean = obs[obs["patient_id"].isin(set(split.train))]["value"].mean()
     assert ckpt.normalizer.mean[i] == pytest.approx(train_mean)
     assert ckpt.normalizer.mean[i] != pytest.approx(obs["value"].mean(), abs=1e-9)
+
+
+def test_rows_past_the_window_do_not_shift_what_training_sees(cohort, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    from training.train import prepare
+
+    data = tmp_path / "data"
+    shutil.copytree(cohort, data)
+    obs = pd.read_parquet(data / "observations.parquet")
+    late = obs.groupby("patient_id").head(1).assign(time_hours=48.0)  # one row per stay
+    pd.concat([obs, late]).to_parquet(data / "observations.parquet")
+    cfg = TrainConfig(data=str(cohort), seed=3)
+    a = prepare(cfg).stays["train"]
+    b = prepare(TrainConfig(data=str(data), seed=3)).stays["train"]
+    assert a.patient_ids == b.patient_ids and torch.equal(a.x, b.x)
 
 
 def test_forecast_task_writes_a_forecast_checkpoint(cohort, tmp_path):
