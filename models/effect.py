@@ -22,17 +22,16 @@ equal that class's template exactly; any other plan never occurs after a decisio
 data, so its propensity is 0.
 
 `EffectModel` bundles what a checkpoint of task "effect" carries beside its risk model: an
-adjusted ensemble with its per-plan targeted logit offsets, the naive ensemble (same
-networks fitted without adjustment), the propensity network, the plan templates and the
-conformal interval quantiles. How they are fitted, and why inverse-probability weights,
-is in training/effect.py.
+adjusted ensemble, the naive ensemble (same networks fitted without adjustment), the
+propensity network, the plan templates and the conformal interval quantiles. How they are
+fitted, and why inverse-probability weights, is in training/effect.py.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -245,7 +244,6 @@ class Outcomes:
     last_map: np.ndarray | None  # (N,) last MAP before the decision (carried forward), mmHg
     propensity: np.ndarray  # (N, P) P(plan class | history)
     plan_class: np.ndarray  # (N, Q) index into the classes, -1 = a plan the data never show
-    adjusted_logits: np.ndarray  # (M, N, Q) each adjusted member's logit, before the offset
 
     def propensity_of_plans(self) -> np.ndarray:
         """(N, Q): the propensity of each plan's class, 0 for a plan of no class."""
@@ -267,8 +265,6 @@ class EffectModel:
     map_mean: float  # MAP de-normalisation (the normaliser's mean and SD of "map")
     map_std: float
     decision_range: tuple[int, int]  # decision bins seen in training (outside: extrapolation)
-    # per class: the targeted logit offset of the adjusted ensemble (training/effect.py)
-    offsets: dict[str, float] = field(default_factory=dict)
 
     @torch.inference_mode()
     def outcomes(self, hist: Tensors, decision: np.ndarray, plans: np.ndarray,
@@ -305,8 +301,6 @@ class EffectModel:
                     maps[j, sl] = torch.stack(forecasts).mean(0).reshape(b, q, -1).numpy()
             p = self.propensity(x[::q], static[::q], mask[::q], dec[::q])
             prop[sl] = torch.softmax(p.double(), dim=-1).numpy()
-        plan_class = match_plans(plans, decision, self.templates)
-        offset = np.array([self.offsets.get(name, 0.0) for name in self.plans] + [0.0])
         has_map = self.cfg.map_index >= 0
         last = None
         if has_map:
@@ -314,11 +308,11 @@ class EffectModel:
             last = hist.values[rows, np.clip(decision - 1, 0, None), self.cfg.map_index]
             last = last * self.map_std + self.map_mean
         return Outcomes(
-            risk=_sigmoid(logits[0] + offset[plan_class]).mean(0),
-            naive_risk=_sigmoid(logits[1]).mean(0),
+            risk=_sigmoid(logits[0]).mean(0), naive_risk=_sigmoid(logits[1]).mean(0),
             map=maps[0] * self.map_std + self.map_mean if has_map else None,
             naive_map=maps[1] * self.map_std + self.map_mean if has_map else None,
-            last_map=last, propensity=prop, plan_class=plan_class, adjusted_logits=logits[0])
+            last_map=last, propensity=prop,
+            plan_class=match_plans(plans, decision, self.templates))
 
     def canonical_plans(self, decision: np.ndarray) -> np.ndarray:
         """(N, P, T, I) every class's plan for each stay's decision bin (bin k = D + k)."""
@@ -371,8 +365,7 @@ def effect_meta(model: EffectModel) -> dict[str, Any]:
             "interval": {k: list(v) for k, v in model.interval.items()},
             "nominal_coverage": model.nominal,
             "map": [model.map_mean, model.map_std],
-            "decision_bins": list(model.decision_range),
-            "offsets": dict(model.offsets)}
+            "decision_bins": list(model.decision_range)}
 
 
 def has_effect(ckpt: Checkpoint) -> bool:
@@ -390,7 +383,6 @@ def _build(ckpt: Checkpoint) -> EffectModel:
         map_mean, map_std = (float(v) for v in meta["map"])
         nominal = float(meta["nominal_coverage"])
         lo, hi = (int(v) for v in meta["decision_bins"])
-        offsets = {str(k): float(v) for k, v in meta["offsets"].items()}
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: invalid effect model description ({e})") from None
     if cfg.n_features != len(ckpt.normalizer.features) or len(plans) != cfg.n_plans:
@@ -407,7 +399,7 @@ def _build(ckpt: Checkpoint) -> EffectModel:
     except ValueError as e:  # an architecture the zoo does not know
         raise CheckpointError(f"{where}: invalid effect model ({e})") from None
     return EffectModel(cfg, plans, templates.double().numpy(), adjusted, naive, propensity,
-                       interval, nominal, map_mean, map_std, (lo, hi), offsets)
+                       interval, nominal, map_mean, map_std, (lo, hi))
 
 
 _Net = TypeVar("_Net", EffectNet, PropensityNet)

@@ -27,12 +27,6 @@ they changed, are in the history both networks condition on. Weights are truncat
 1st and 99th percentiles of the training split and normalised to mean 1 (Cole & Hernán,
 2008): the usual guard against a few near-zero propensities owning the loss.
 
-Targeting: a network fitted to noisy deaths shrinks the plan's effect towards the
-marginal risk, weighted or not. After fitting, each plan's logit gets one offset, chosen so
-that the weighted residuals of the stays that got the plan vanish (`target_offsets`, the
-weighted-regression form of targeted maximum likelihood): the average effect is then
-doubly robust. The naive baseline gets neither weights nor offsets.
-
 Each estimator is a small ensemble (`effect_members`, different seeds) whose mean is the
 point estimate. Intervals: split conformal calibration on the validation split's
 counterfactual truth (counterfactuals.parquet), per plan, with scores scaled locally by
@@ -52,7 +46,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from scipy.optimize import brentq
 from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 
@@ -87,7 +80,6 @@ __all__ = [
     "effect_stays",
     "fit_effect",
     "stabilised_weights",
-    "target_offsets",
 ]
 
 log = logging.getLogger(__name__)
@@ -95,7 +87,6 @@ log = logging.getLogger(__name__)
 NOMINAL_COVERAGE = 0.9  # the intervals' target coverage of the per-patient true effect
 MAP_WEIGHT = 0.5  # weight of the MAP forecast loss beside the risk loss
 TRUNCATE = (1.0, 99.0)  # percentiles at which the stabilised weights are truncated
-_MAX_OFFSET = 5.0  # bound of a targeted logit offset (a factor of ~150 in the odds)
 _EVAL_BATCH = 1024
 
 
@@ -318,43 +309,6 @@ def true_risks(ds: Dataset, ids: list[str], plans: tuple[str, ...]) -> np.ndarra
     return cf.reindex(ids)[list(plans)].to_numpy(np.float64)
 
 
-def _factual_logits(model: EffectModel, s: EffectStays) -> np.ndarray:
-    """(M, N) each adjusted member's logit under the plan each stay got."""
-    dec = s.decision.cpu().numpy()
-    out = model.outcomes(s.hist, dec, model.canonical_plans(dec))
-    cls = s.plan_class.cpu().numpy()
-    return out.adjusted_logits[:, np.arange(len(cls)), cls]
-
-
-def target_offsets(logits: np.ndarray, plan_class: np.ndarray, died: np.ndarray,
-                   weight: np.ndarray) -> dict[str, float]:
-    """The targeting step: per plan a, the logit offset d_a of the adjusted ensemble that
-    makes its inverse-probability-weighted residuals over the stays that got a vanish,
-    sum_i w_i (y_i - mean_m sigmoid(z_mi + d_a)) = 0. This is the weighted-regression form
-    of targeted maximum likelihood (Robins et al., 2007; Stitelman et al., 2012): the mean
-    over all stays of the targeted risk under a is then doubly robust, right when either
-    the outcome networks or the propensity network is, which corrects the networks'
-    shrinkage of the effect towards the marginal risk. logits (M, N) under each stay's own
-    plan; weight: its (stabilised, truncated) IPW weight."""
-    out = {}
-    for a, name in enumerate(PLANS):
-        rows = plan_class == a
-        if not rows.any():
-            continue
-        z, y, w = logits[:, rows], died[rows], weight[rows]
-
-        def score(delta: float, z: np.ndarray = z, y: np.ndarray = y, w: np.ndarray = w
-                  ) -> float:
-            return float(np.sum(w * (y - (1.0 / (1.0 + np.exp(-(z + delta)))).mean(0))))
-
-        lo, hi = -_MAX_OFFSET, _MAX_OFFSET
-        if score(lo) <= 0.0 or score(hi) >= 0.0:  # all deaths or none: keep the bound
-            out[name] = lo if score(lo) <= 0.0 else hi
-            continue
-        out[name] = float(brentq(score, lo, hi, xtol=1e-6))
-    return out
-
-
 def calibrate_intervals(model: EffectModel, val: EffectStays, truth: np.ndarray
                         ) -> dict[str, float]:
     """Fill `model.interval` by split conformal calibration on the validation stays and
@@ -441,15 +395,7 @@ def fit_effect(cfg: TrainConfig, ds: Dataset, split: Split, normalizer: Normaliz
                         float(normalizer.mean[map_j]), float(normalizer.std[map_j]),
                         (int(train.decision.min()), int(train.decision.max())))
 
-    factual = [_factual_logits(model, stays[part]) for part in ("train", "val")]
-    model.offsets = target_offsets(
-        np.concatenate(factual, axis=1),
-        np.concatenate([stays[p].plan_class.numpy() for p in ("train", "val")]),
-        np.concatenate([stays[p].died.numpy() for p in ("train", "val")]),
-        np.concatenate([w_train, w_val]))
-
     metrics: dict[str, Any] = {
-        "effect_offsets": dict(model.offsets),
         "effect_val_n": len(stays["val"]), "effect_weight_bounds": list(bounds),
         "effect_weight_ess": float(w_train.sum() ** 2 / (w_train ** 2).sum() / len(w_train)),
         "effect_propensity_val_loss": prop_fit.history[prop_fit.best_epoch]["val_loss"],
