@@ -56,6 +56,8 @@ class TrainConfig:
     patience: int = 3  # epochs without a better validation loss before stopping
     seed: int = 0  # one seed for the split, prefixes, shuffling and initialisation
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, validation, test fractions
+    folds: int = 0  # >= 2: K-fold cross-validation, test = fold `fold` (split's test unused)
+    fold: int = 0  # which of the `folds` parts is the test split (0-based)
     min_prefix_hours: float = 6.0  # shortest random prefix seen in training
     max_prefix_hours: float = 48.0  # longest (the full window at the default grid)
     full_prefix_share: float = 0.0  # share of training prefixes cut at max_prefix_hours
@@ -99,6 +101,9 @@ class TrainConfig:
             raise ConfigError(f"need 0 < min_prefix_hours <= max_prefix_hours <= window "
                               f"({window:g} h), got {self.min_prefix_hours}, "
                               f"{self.max_prefix_hours}")
+        if self.folds == 1 or self.folds < 0 or not 0 <= self.fold < max(self.folds, 1):
+            raise ConfigError(f"folds must be 0 (no cross-validation) or >= 2, and fold in "
+                              f"0..folds-1; got folds={self.folds}, fold={self.fold}")
         if not 0.0 <= self.full_prefix_share <= 1.0:
             raise ConfigError(f"full_prefix_share must be in [0, 1], got "
                               f"{self.full_prefix_share}")

@@ -104,7 +104,8 @@ def prepare(cfg: TrainConfig) -> Prepared:
         pick = np.random.default_rng([cfg.seed, 1]).choice(len(ids), cfg.max_patients,
                                                             replace=False)
         ids = sorted(ids[i] for i in pick)
-    split = split_patients(ids, cfg.seed, cfg.split)
+    split = split_patients(ids, cfg.seed, cfg.split,
+                           (cfg.fold, cfg.folds) if cfg.folds else None)
 
     # The first `window` hours of each stay, as training.evaluate scores them: a row at or
     # past the window's end would slide the grid (features.tensorise) and train the model
@@ -281,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("epochs", int, "maximum epochs"), ("patience", int, "early-stopping patience"),
         ("seed", int, "seed for split, prefixes and weights"),
         ("split", str, "train,val,test fractions, e.g. 0.7,0.15,0.15"),
+        ("folds", int, "K-fold cross-validation: K >= 2 parts (0 = use --split)"),
+        ("fold", int, "with --folds: the part held out as the test split (0-based)"),
         ("min-prefix-hours", float, "shortest training prefix"),
         ("max-prefix-hours", float, "longest training prefix"),
         ("full-prefix-share", float, "share of training prefixes at the longest length"),

@@ -66,6 +66,23 @@ def test_split_is_seeded_patient_level_and_disjoint():
         split_patients(["a", "b"], 0)
 
 
+def test_cross_validation_folds_partition_the_patients_into_disjoint_tests():
+    ids = [f"p{i:03d}" for i in range(103)]
+    splits = [split_patients(ids, 5, (0.8, 0.2, 0.0), fold=(k, 5)) for k in range(5)]
+    tests = [set(s.test) for s in splits]
+    assert sorted(len(t) for t in tests) == [20, 20, 21, 21, 21]
+    assert set.union(*tests) == set(ids) and sum(map(len, tests)) == 103
+    for s in splits:
+        assert not set(s.train) & set(s.test) and not set(s.val) & set(s.test)
+        assert len(s.val) == round(0.2 * (103 - len(s.test)))
+        assert set(s.train) | set(s.val) | set(s.test) == set(ids)
+    assert splits[2].to_dict()["fold"] == [2, 5]
+    assert split_patients(ids, 5, fold=(2, 5)) == split_patients(ids[::-1], 5, fold=(2, 5))
+    with pytest.raises(ConfigError, match="folds"):
+        parse(["--data", "d", "--folds", "5", "--fold", "5"])
+    assert parse(["--data", "d", "--folds", "5", "--fold", "4"]).fold == 4
+
+
 def test_temperature_recovers_the_scale_of_overconfident_logits():
     rng = np.random.default_rng(0)
     true_logit = rng.normal(-1.0, 1.5, 20000)
