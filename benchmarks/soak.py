@@ -244,10 +244,24 @@ def _version(kind: Kind, response: httpx.Response) -> str | None:
     return str(first["model"]["version"])
 
 
+# Load goes on at least this long after a reload answered, whatever the deadline or budget,
+# so that "served after reload" is measured even when publishing is slow or requests fast.
+AFTER_RELOAD_SECONDS = 1.0
+
+
+def _keep_going(deadline: float, budget: list[int], reload_wanted: bool,
+                reload_done: list[float]) -> bool:
+    now = time.monotonic()
+    if reload_wanted and (not reload_done or now < reload_done[0] + AFTER_RELOAD_SECONDS):
+        return True
+    return now < deadline and budget[0] > 0
+
+
 async def _worker(client: httpx.AsyncClient, rng: random.Random, deadline: float,
-                  budget: list[int], result: SoakResult, reload_done: list[float]) -> None:
+                  budget: list[int], result: SoakResult, reload_done: list[float],
+                  reload_wanted: bool = False) -> None:
     weights = [k.weight for k in KINDS]
-    while time.monotonic() < deadline and budget[0] > 0:
+    while _keep_going(deadline, budget, reload_wanted, reload_done):
         budget[0] -= 1
         kind = rng.choices(KINDS, weights)[0]
         started = time.monotonic()
@@ -274,16 +288,19 @@ async def _worker(client: httpx.AsyncClient, rng: random.Random, deadline: float
 async def _reload(client: httpx.AsyncClient, model_dir: Path, at: float,
                   result: SoakResult, reload_done: list[float]) -> None:
     await asyncio.sleep(max(0.0, at - time.monotonic()))
-    # Publishing runs torch and file I/O: off the loop so the workers keep sending.
-    version_dir = await asyncio.to_thread(make_checkpoint, model_dir, seed=1234)
-    result.new_version = version_dir.name
-    t0 = time.monotonic()
-    r = await client.post("/v1/models/reload", headers=ADMIN)
-    reload_done.append(time.monotonic())
-    result.reload_seconds = reload_done[0] - t0
-    result.reload_status = r.status_code
-    if r.status_code != 200:
-        result.failures[f"reload: got {r.status_code}"] += 1
+    try:
+        # Publishing runs torch and file I/O: off the loop so the workers keep sending.
+        version_dir = await asyncio.to_thread(make_checkpoint, model_dir, seed=1234)
+        result.new_version = version_dir.name
+        t0 = time.monotonic()
+        r = await client.post("/v1/models/reload", headers=ADMIN)
+        result.reload_seconds = time.monotonic() - t0
+        result.reload_status = r.status_code
+        if r.status_code != 200:
+            result.failures[f"reload: got {r.status_code}"] += 1
+    finally:
+        # Workers wait for this mark (see _keep_going), so it is set whatever happened.
+        reload_done.append(time.monotonic())
 
 
 async def _sample_rss(server: Server, start: float, deadline: float, every: float,
@@ -332,7 +349,7 @@ async def _soak(server: Server, model_dir: Path, seconds: float, warmup: float,
         budget = [max_requests]
         reload_done: list[float] = []
         tasks = [asyncio.create_task(_worker(client, random.Random(seed * 1000 + i), deadline,
-                                             budget, result, reload_done))
+                                             budget, result, reload_done, reload_during))
                  for i in range(concurrency)]
         tasks.append(asyncio.create_task(_sample_rss(server, start, deadline, seconds / 6,
                                                      result)))
