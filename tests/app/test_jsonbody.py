@@ -4,6 +4,7 @@ wherever the fast path is taken, and every duplicate key refused."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,14 @@ VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
 def test_parse_json_gives_the_standard_librarys_value(value: Any, indent: int | None) -> None:
     body = json.dumps(value, indent=indent, ensure_ascii=False).encode()
     assert parse_json(body) == json.loads(body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=60) | st.text(alphabet="0123456789 .e-\u0663x", max_size=60)
+       .map(str.encode))
+def test_long_numbers_are_found_as_the_regex_finds_them(body: bytes) -> None:
+    """Integers orjson would turn into floats send the body to the standard library."""
+    assert jsonbody._has_long_number(body) == (re.search(rb"\d{19}", body) is not None)
 
 
 @settings(max_examples=300, deadline=None)
