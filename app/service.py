@@ -40,7 +40,6 @@ class Job:
     ckpt: Checkpoint  # taken when the request started; a reload does not change it
     timebase: Timebase
     hours: np.ndarray  # (n_obs,) hours since admission, request order
-    variables: list[str]  # (n_obs,) variable names, request order
     values: np.ndarray  # (n_obs,) values, request order
     names: list[str]  # the distinct variables, in order of first appearance
     code: np.ndarray  # (n_obs,) position of each row's variable in `names`
@@ -48,12 +47,17 @@ class Job:
     what_if: PlanQuestion | None = None  # the request's plans, when it asks what-if
     explain: bool = True  # per-variable contributions (integrated gradients) wanted
 
+    @property
+    def variables(self) -> list[str]:
+        """(n_obs,) variable names, request order."""
+        return [self.names[c] for c in self.code.tolist()]
+
 
 def prepare(request: PredictRequest, ckpt: Checkpoint, max_observations: int,
             explain: bool = True) -> Job:
     """Checks that need the model or the settings; raises InvalidRequest naming the problem.
 
-    Every later step works on arrays made here in one pass over the observations. Without
+    Every later step works on the request's columns (`ObservationRows`). Without
     `explain` the response leaves out the contributions (their integrated gradients cost
     several forward and backward passes per patient).
     """
@@ -65,25 +69,21 @@ def prepare(request: PredictRequest, ckpt: Checkpoint, max_observations: int,
     if ckpt.task not in ("risk", "effect"):  # an effect checkpoint carries a risk model too
         raise InvalidRequest(f"model {ckpt.name!r} is a {ckpt.task} model; /v1/predict needs "
                              "a risk model")
-    variables = [o.variable for o in observations]
-    names = list(dict.fromkeys(variables))
+    names = observations.names
     if set(ckpt.normalizer.features).isdisjoint(names):
         raise InvalidRequest(
             f"observations: none is of a variable model {ckpt.name!r} uses; it needs at least "
             f"one of: {', '.join(ckpt.normalizer.features)}")
     timebase = request.timebase()
-    if timebase.kind == "hours":
-        hours = np.fromiter((o.time for o in observations), np.float64, n)
-    else:
-        hours = np.array([timebase.hours(o.time) for o in observations], dtype=np.float64)
-    values = np.fromiter((o.value for o in observations), np.float64, n)
-    position = {name: i for i, name in enumerate(names)}
-    code = np.fromiter(map(position.__getitem__, variables), np.int64, n)
-    job = Job(request, ckpt, timebase, hours, variables, values, names, code, ())
+    hours = observations.hours
+    if hours is None:
+        hours = np.array([timebase.hours(t) for t in observations.times()], dtype=np.float64)
+    values, code = observations.values, observations.code
+    job = Job(request, ckpt, timebase, hours, values, names, code, ())
     question = prepare_what_if(request.what_if, ckpt, hours, timebase) \
         if request.what_if else None
-    return Job(request, ckpt, timebase, hours, variables, values, names, code,
-               tuple(_warnings(job)), question, explain)
+    return Job(request, ckpt, timebase, hours, values, names, code, tuple(_warnings(job)),
+               question, explain)
 
 
 def _warnings(job: Job) -> list[str]:
@@ -93,7 +93,7 @@ def _warnings(job: Job) -> list[str]:
     typical = np.array([CATALOGUE[name].typical for name in job.names], dtype=np.float64)
     lo, hi = typical[job.code, 0], typical[job.code, 1]
     for i in np.flatnonzero((values < lo) | (values > hi)):  # request order
-        name = job.variables[i]
+        name = job.names[job.code[i]]
         _, message = check_value(name, float(values[i]))
         if message is not None:
             first, count = atypical.get(name, (message, 0))

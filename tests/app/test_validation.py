@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 import app.schemas
 from app.main import create_app
-from app.schemas import Observation, PredictRequest, _plain_observations
+from app.schemas import Observation, ObservationRows, PredictRequest, _plain_columns
 from tests.app.support import USER, request_body, settings_for
 
 
@@ -180,11 +180,19 @@ ROW_VALUES = st.one_of(st.integers(-10, 10**4), st.floats(allow_nan=True, allow_
                                        "value": ROW_VALUES}), min_size=1, max_size=4))
 def test_plain_rows_skip_the_validators_with_the_same_result(rows: list[dict[str, Any]]) -> None:
     """The fast path builds exactly what the validators would, and only when they accept."""
-    plain = _plain_observations(rows)
+    plain = _plain_columns(rows)
     if plain is None:
         return
-    assert plain == [Observation.model_validate(row) for row in rows]
+    validated = [Observation.model_validate(row) for row in rows]
+    assert plain == validated
+    columns = ObservationRows.of_rows(validated)  # what scoring reads, both ways the same
+    assert plain.names == columns.names and plain.variables == columns.variables
+    assert plain.hours is not None and columns.hours is not None
+    assert plain.hours.tolist() == columns.hours.tolist()
+    assert plain.values.tolist() == columns.values.tolist()
+    assert plain.code.tolist() == columns.code.tolist()
     assert [o.model_fields_set for o in plain] == [{"time", "variable", "value"}] * len(rows)
+    assert [type(o.time) for o in plain] == [float] * len(rows)  # as the validators coerce
 
 
 def test_a_request_of_plain_rows_takes_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
