@@ -25,7 +25,7 @@ from app.whatif import PlanQuestion, answer_what_if, prepare_what_if
 from app.whatif_schemas import WhatIfAnswer
 from models.catalogue import CATALOGUE, check_value
 from models.checkpoint import Checkpoint
-from models.features import Tensors, tensorise_rows
+from models.features import Tensors, tensorise_codes
 from models.news2 import NEWS2_PARAMETERS, news2_points
 from models.predict import Prediction, score_tensors
 
@@ -213,12 +213,16 @@ def _groups(jobs: Sequence[Job]) -> Iterator[tuple[list[int], list[Job]]]:
 
 
 def _tensorise(group: Sequence[Job]) -> Tensors:
-    """The stays of jobs that share a checkpoint, on its grid."""
+    """The stays of jobs that share a checkpoint, on its grid: rows by variable code."""
     ckpt = group[0].ckpt
-    return tensorise_rows(
+    names = list(dict.fromkeys(chain.from_iterable(j.names for j in group)))
+    position = {name: i for i, name in enumerate(names)}
+    return tensorise_codes(
         np.repeat(np.arange(len(group)), [len(j.hours) for j in group]),
         np.concatenate([j.hours for j in group]),
-        list(chain.from_iterable(j.variables for j in group)),
+        np.concatenate([np.array([position[name] for name in j.names], dtype=np.int64)[j.code]
+                        for j in group]),
+        names,
         np.concatenate([j.values for j in group]),
         [j.request.static.numeric() if j.request.static else {} for j in group],
         ckpt.normalizer, ckpt.grid)
@@ -263,8 +267,8 @@ def predict_each(jobs: Sequence[Job], cache: PredictionCache | None = None) -> l
 def answer_cached(jobs: Sequence[Job], cache: PredictionCache) -> list[Outcome] | None:
     """The outcomes when the cache holds every stay and no what-if is asked, else None: no
     torch, so a repeated request is answered where it arrived (the event loop)."""
-    if any(job.what_if is not None for job in jobs):
-        return None  # plans are scored by torch: the inference thread's work
+    if cache.max_entries <= 0 or any(job.what_if is not None for job in jobs):
+        return None  # cache off; plans are scored by torch: the inference thread's work
     outcomes: list[Outcome | None] = [None] * len(jobs)
     for members, group in _groups(jobs):
         found = [cache.get(_key(job), count_miss=False) for job in group]
@@ -277,7 +281,7 @@ def answer_cached(jobs: Sequence[Job], cache: PredictionCache) -> list[Outcome] 
 def _predictions(group: list[Job], cache: PredictionCache | None) -> list[Prediction]:
     """The stays' predictions, from the cache where it has them."""
     ckpt, explain = group[0].ckpt, group[0].explain
-    if cache is None:
+    if cache is None or cache.max_entries <= 0:  # off: no keys to compute
         return _scored(ckpt, _tensorise(group), explain)
     keys = [_key(job) for job in group]
     found = [cache.get(k) for k in keys]
