@@ -105,6 +105,7 @@ def integrated_gradients(
     max_depth: int = 8,
     split: int = 4,
     refine_nodes: int = 8,
+    logit_x: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """IG of the risk logit w.r.t. x (B, T, 3F) -> per (step, variable) (B, T, F), per
     variable (B, F).
@@ -119,7 +120,8 @@ def integrated_gradients(
     otherwise it is split in `split` panels of `refine_nodes` nodes each, at most
     `max_depth` times. A trained recurrent network can switch state abruptly part-way
     along the path; only the panel holding the switch is refined, so smooth stays cost one
-    pass.
+    pass. logit_x: (B,) the risk logit at x when the caller already has it (the forward
+    pass it answers with): the path's end then needs no forward pass of its own.
     """
     if model.training:
         raise ValueError("integrated_gradients needs the model in eval mode")
@@ -138,7 +140,8 @@ def integrated_gradients(
         rows = torch.arange(B, device=x.device)
         a0 = torch.zeros(B, dtype=x.dtype, device=x.device)
         a1 = torch.ones(B, dtype=x.dtype, device=x.device)
-        f0, f1 = path.logits(rows, a0), path.logits(rows, a1)  # (P,) at the panel ends
+        f0 = path.logits(rows, a0)  # (P,) at the panel ends
+        f1 = path.logits(rows, a1) if logit_x is None else logit_x.detach().clone().to(x.dtype)
         budget = 1e-3 + rtol * (f1 - f0).abs()  # (B,) allowed completeness error per stay
         attr = torch.zeros_like(x)
         nodes, unresolved = steps, 0

@@ -96,7 +96,8 @@ def score_tensors(ckpt: Checkpoint, tensors: Tensors, *, explain: bool = False,
             base = unobserved_baseline(x, ckpt.grid.step_hours, torch.from_numpy(offset))
             _, per_var_t = integrated_gradients(model, x, static, step_mask, steps=IG_STEPS,
                                                 baseline=base, max_rows=IG_MAX_ROWS,
-                                                split=IG_SPLIT, refine_nodes=IG_REFINE_NODES)
+                                                split=IG_SPLIT, refine_nodes=IG_REFINE_NODES,
+                                                logit_x=out.risk_logit)
             per_var = per_var_t.double().numpy()  # (b, F)
         attention = out.attention.numpy()
         forecast = out.forecast.numpy() if out.forecast is not None else None

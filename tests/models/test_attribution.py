@@ -119,3 +119,14 @@ def test_the_services_few_nodes_with_halving_refinement_keep_completeness(arch: 
         gap = (model(x, static, step_mask).risk_logit
                - model(base, static, step_mask).risk_logit)
     assert (per_var.sum(1) - gap).abs().max() <= 1e-3 + 1e-3 * gap.abs().max() + 1e-4
+
+
+def test_the_callers_logit_at_x_gives_the_same_attributions() -> None:
+    """score_tensors passes the logit of the forward pass it answers with: no second pass."""
+    model, x, static, step_mask = setup("lstm", bi=True)
+    with torch.inference_mode():  # as score_tensors computes it
+        logit = model(x, static, step_mask).risk_logit
+    _, own = integrated_gradients(model, x, static, step_mask, steps=4, split=IG_SPLIT)
+    _, given = integrated_gradients(model, x, static, step_mask, steps=4, split=IG_SPLIT,
+                                    logit_x=logit)
+    torch.testing.assert_close(given, own, rtol=1e-4, atol=1e-5)
