@@ -2,6 +2,7 @@
 
     python -m benchmarks.http [--rounds 3] [--seconds 10] [--connections 16]
                               [--model-dir DIR] [--generator wrk|python] [--no-cache]
+                              [--no-contributions]
 
 Publishes the default model set (benchmarks._server: default bi-LSTM, gru, elman, jordan,
 forecast; default sizes, random weights) into a temporary model dir (or serves
@@ -17,6 +18,8 @@ VITALCAST_BENCHMARK_ROUTES=1, and drives, alternately and with the same body (on
 The same body again is what a monitor polling an unchanged series sends, and the service's
 prediction cache answers it after the first time; `--no-cache` switches the cache off
 (VITALCAST_CACHE_ENTRIES=0) so that every request is scored: the cost of a new series.
+`--no-contributions` asks `/v1/predict?contributions=false`: the same answer without the
+integrated-gradients contributions, whose backward passes are most of a scored request.
 
 The load generator is wrk (Debian package `wrk`; a Lua script POSTs the body), which is
 written in C and far from the bottleneck; without it, a Python asyncio client (httpx) runs
@@ -124,20 +127,21 @@ def run_python(url: str, route: str, body: bytes, seconds: float, connections: i
     return Run(route, len(latencies) / elapsed, q[49], q[98], len(latencies), errors)
 
 
-def _check(base_url: str, body: bytes) -> None:
+def _check(base_url: str, body: bytes, paths: dict[str, str]) -> None:
     """Both routes answer 200 to the body before anything is timed."""
     headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
     with httpx.Client(base_url=base_url, timeout=60) as client:
-        for route, path in ROUTES.items():
+        for route, path in paths.items():
             r = client.post(path, content=body, headers=headers)
             if r.status_code != 200:
                 raise SystemExit(f"{route} ({path}) answered {r.status_code}: {r.text[:300]}")
-        pred = client.post(ROUTES["predict"], content=body, headers=headers).json()
+        pred = client.post(paths["predict"], content=body, headers=headers).json()
+        variables = pred["explanation"]["variables"]
         print(f"model {pred['model']['name']}/{pred['model']['version']} "
               f"({pred['model']['architecture']}, bidirectional="
               f"{pred['model']['bidirectional']}); risk {pred['risk']['probability']:.4f}; "
               f"{len(pred['explanation']['attention'])} attention bins, "
-              f"{len(pred['explanation']['variables'])} contributions")
+              f"{'no' if variables is None else len(variables)} contributions")
 
 
 def main() -> None:
@@ -150,9 +154,15 @@ def main() -> None:
     ap.add_argument("--generator", choices=("wrk", "python"), default="wrk")
     ap.add_argument("--no-cache", action="store_true",
                     help="score every request: no prediction cache (a new series each time)")
+    ap.add_argument("--no-contributions", action="store_true",
+                    help="/v1/predict?contributions=false: no integrated gradients")
     args = ap.parse_args()
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on "
-          f"{os.cpu_count()} cores; prediction cache {'off' if args.no_cache else 'on'}")
+          f"{os.cpu_count()} cores; prediction cache {'off' if args.no_cache else 'on'}; "
+          f"contributions {'off' if args.no_contributions else 'on'}")
+    paths = dict(ROUTES)
+    if args.no_contributions:
+        paths["predict"] += "?contributions=false"
 
     generator = args.generator
     if generator == "wrk" and shutil.which("wrk") is None:
@@ -172,13 +182,13 @@ def main() -> None:
         env = {"VITALCAST_CACHE_ENTRIES": "0"} if args.no_cache else {}
         with serve(model_dir, Path(tmp) / "server.log", env=env) as server:
             rss_ready = server.rss_mib()
-            _check(server.base_url, body)
+            _check(server.base_url, body, paths)
             print(f"generator: {generator}; {args.connections} connections; body "
                   f"{len(body):,} bytes, {n_obs} observations; server pid {server.proc.pid}, "
                   f"one uvicorn worker on {server.base_url}")
 
             def load(route: str, seconds: float) -> Run:
-                url = server.base_url + ROUTES[route]
+                url = server.base_url + paths[route]
                 if generator == "wrk":
                     return run_wrk(url, route, script, seconds, args.connections)
                 return run_python(url, route, body, seconds, args.connections)
