@@ -138,7 +138,7 @@ class Observation(BaseModel):
 # Possible range of every variable an observation may name (not the statics).
 _POSSIBLE = {name: var.possible for name, var in CATALOGUE.items() if var.kind != "static"}
 _OBSERVATION_FIELDS = frozenset(Observation.model_fields)
-_ROW_KEYS = itemgetter("time", "variable", "value")
+_TIME, _VARIABLE, _VALUE = itemgetter("time"), itemgetter("variable"), itemgetter("value")
 _NUMBERS = frozenset({float, int})  # not bool: JSON true is not a measurement
 
 
@@ -249,32 +249,33 @@ def _plain_columns(rows: object) -> ObservationRows | None:
     catalogue measurement or intervention, value a number (not a bool) in its possible
     range. For such rows the validators would give float(time), the name and float(value),
     which is what the columns hold (tests/app/test_validation.py compares both ways).
+    Each check is one pass over the rows in C (map, set, numpy); a name is looked at once.
     """
     if type(rows) is not list or not rows:
         return None
     try:
-        if set(map(type, rows)) != {dict} or set(map(len, rows)) != {3}:
+        if set(map(len, rows)) != {3}:  # a row that is not a dict fails here or just below
             return None
-        times, variables, values = zip(*map(_ROW_KEYS, rows), strict=True)  # KeyError: not plain
-    except KeyError:
+        times = list(map(_TIME, rows))  # KeyError: another key than these three
+        variables = list(map(_VARIABLE, rows))
+        values = list(map(_VALUE, rows))
+        names = list(dict.fromkeys(variables))  # TypeError: an unhashable "variable"
+    except (KeyError, TypeError):
         return None
     if (not set(map(type, times)) <= _NUMBERS or not set(map(type, values)) <= _NUMBERS
-            or set(map(type, variables)) != {str}):
-        return None
-    names = list(dict.fromkeys(variables))
-    if not all(name in _POSSIBLE for name in names):
-        return None
-    try:
-        hours = np.array(times, dtype=np.float64)
-        numbers = np.array(values, dtype=np.float64)
-    except OverflowError:  # an integer beyond float: the validators refuse it
+            or not all(type(name) is str and name in _POSSIBLE for name in names)):
         return None
     position = {name: i for i, name in enumerate(names)}
     code = np.fromiter(map(position.__getitem__, variables), np.int64, len(variables))
+    try:
+        hours = np.fromiter(times, np.float64, len(times))
+        numbers = np.fromiter(values, np.float64, len(values))
+    except OverflowError:  # an integer beyond float: the validators refuse it
+        return None
     bounds = np.array([_POSSIBLE[name] for name in names], dtype=np.float64)[code]
     # NaN fails every comparison: not plain either
-    if not (np.all((hours >= 0) & (hours <= MAX_HOURS))
-            and np.all((numbers >= bounds[:, 0]) & (numbers <= bounds[:, 1]))):
+    if not ((hours >= 0) & (hours <= MAX_HOURS) & (numbers >= bounds[:, 0])
+            & (numbers <= bounds[:, 1])).all():
         return None
     return ObservationRows(names, code, numbers, hours)
 
