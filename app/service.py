@@ -121,20 +121,25 @@ def _warnings(job: Job) -> list[str]:
     return out
 
 
-def _latest_news2(job: Job) -> dict[str, float]:
-    """The latest value of each NEWS2 parameter the job holds: the first row of each
-    variable in reversed stable time order."""
-    order = np.argsort(job.hours, kind="stable")[::-1]
-    codes, first = np.unique(job.code[order], return_index=True)
-    return {job.names[int(c)]: float(job.values[order[i]])
-            for c, i in zip(codes, first, strict=True) if job.names[int(c)] in NEWS2_PARAMETERS}
+_NEWS2_INDEX = {name: i for i, name in enumerate(NEWS2_PARAMETERS)}
 
 
 def _news2(jobs: Sequence[Job]) -> list[dict[str, object]]:
-    """NEWS2 of every job, scored in one vectorised call over the jobs."""
-    latest = [_latest_news2(job) for job in jobs]
-    table = {name: np.array([row.get(name, math.nan) for row in latest], dtype=np.float64)
-             for name in NEWS2_PARAMETERS}
+    """NEWS2 of every job from the latest value of each parameter (of rows at the same
+    time, the later one), in one vectorised pass over all the jobs' rows."""
+    param = np.concatenate([np.array([_NEWS2_INDEX.get(name, -1) for name in job.names],
+                                     dtype=np.int64)[job.code] for job in jobs])
+    keep = param >= 0
+    patient = np.repeat(np.arange(len(jobs)), [len(job.hours) for job in jobs])[keep]
+    hours = np.concatenate([job.hours for job in jobs])[keep]
+    values = np.concatenate([job.values for job in jobs])[keep]
+    param = param[keep]
+    order = np.lexsort((hours, param, patient))  # stable: equal times keep request order
+    patient, param, values = patient[order], param[order], values[order]
+    last = np.r_[(patient[1:] != patient[:-1]) | (param[1:] != param[:-1]), True][:len(param)]
+    latest = np.full((len(jobs), len(NEWS2_PARAMETERS)), np.nan)
+    latest[patient[last], param[last]] = values[last]
+    table = {name: latest[:, i] for i, name in enumerate(NEWS2_PARAMETERS)}
     points = {name: p.tolist() for name, p in news2_points(table).items()}
     missing = {name: np.isnan(v).tolist() for name, v in table.items()}
     out = []
