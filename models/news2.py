@@ -63,6 +63,13 @@ _BANDS: dict[str, tuple[float, tuple[tuple[float, int], ...], int]] = {
     "heart_rate": (1.0, ((40, 3), (50, 1), (90, 0), (110, 1), (130, 2)), 3),
     "temperature": (0.1, ((35.0, 3), (36.0, 1), (38.0, 0), (39.0, 1)), 2),
 }
+# Per banded parameter: resolution, the bands' cuts (upper bound plus a rounding margin,
+# ascending) and the points of each band with the open top band's last.
+_BAND_LOOKUP = {
+    name: (resolution, np.array([upper + resolution * 1e-6 for upper, _ in bands]),
+           np.array([points for _, points in bands] + [top], dtype=np.int64))
+    for name, (resolution, bands, top) in _BANDS.items()
+}
 ROOM_AIR_FIO2 = 0.21  # fio2 above this counts as supplemental oxygen (2 points)
 OXYGEN_POINTS = 2
 NOT_ALERT_POINTS = 3
@@ -87,12 +94,10 @@ def news2_points(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         present = ~np.isnan(x)
         pts = np.zeros(shape, dtype=np.int64)
         if name in _BANDS:
-            resolution, bands, top = _BANDS[name]
+            resolution, cuts, band_points = _BAND_LOOKUP[name]
             r = _round_half_up(np.where(present, x, 0.0), resolution)
-            # Walk the bands from the top down so the lowest matching band wins.
-            pts[:] = top
-            for upper, points in reversed(bands):
-                pts = np.where(r <= upper + resolution * 1e-6, points, pts)
+            # The lowest band whose cut r does not exceed: the first cut >= r.
+            pts = band_points[np.searchsorted(cuts, r, side="left")]
         elif name == "fio2":
             r = _round_half_up(np.where(present, x, ROOM_AIR_FIO2), 0.01)
             pts = np.where(r > ROOM_AIR_FIO2 + 1e-6, OXYGEN_POINTS, 0)
