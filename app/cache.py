@@ -4,8 +4,9 @@ Monitoring systems poll every patient on a ward, every few minutes, while new va
 arrive hourly: most requests repeat the last one. The key is the checkpoint (name and
 version: a reload starts fresh keys), whether contributions were asked for, and a digest
 of the validated rows (in a fixed order, so the order a client sends them in does not
-matter) and the statics: the same rows tensorise to the same network input. Responses are
-built from the cached prediction with this request's own id, times and warnings.
+matter) and the statics: the same rows tensorise to the same network input and give the
+same NEWS2, and both are kept. Responses are built from them with this request's own id,
+times and warnings.
 
 Bounded in entries (least recently used out); ~3 KB each for the default model.
 """
@@ -15,16 +16,26 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from models.checkpoint import Checkpoint
 from models.predict import Prediction
 
-__all__ = ["Key", "PredictionCache", "rows_key"]
+__all__ = ["CachedStay", "Key", "PredictionCache", "rows_key"]
 
 Key = tuple[str, str, bool, bytes]
+
+
+@dataclass(frozen=True)
+class CachedStay:
+    """What a stay's rows determine: the network's prediction and the NEWS2 (as the response
+    writes it; each response validates its own copy)."""
+
+    prediction: Prediction
+    news2: Mapping[str, object]
 
 
 def rows_key(ckpt: Checkpoint, explain: bool, arrays: Sequence[np.ndarray], extra: str
@@ -41,13 +52,13 @@ def rows_key(ckpt: Checkpoint, explain: bool, arrays: Sequence[np.ndarray], extr
 class PredictionCache:
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
-        self._entries: OrderedDict[Key, Prediction] = OrderedDict()
+        self._entries: OrderedDict[Key, CachedStay] = OrderedDict()
         self._lock = threading.Lock()  # the inference thread and the FHIR route's pool
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: Key, count_miss: bool = True) -> Prediction | None:
-        """The prediction for `key`, now the most recently used; None when not held."""
+    def get(self, key: Key, count_miss: bool = True) -> CachedStay | None:
+        """The stay held for `key`, now the most recently used; None when not held."""
         with self._lock:
             found = self._entries.get(key)
             if found is None:
@@ -57,11 +68,11 @@ class PredictionCache:
             self.hits += 1
             return found
 
-    def put(self, key: Key, prediction: Prediction) -> None:
+    def put(self, key: Key, stay: CachedStay) -> None:
         if self.max_entries <= 0:
             return
         with self._lock:
-            self._entries[key] = prediction
+            self._entries[key] = stay
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
