@@ -240,9 +240,12 @@ _NAME_ID = {name: i for i, name in enumerate(CATALOGUE)}
 
 def _key(job: Job) -> Key:
     """The cache key of a job: its checkpoint, whether it explains, and a digest of its
-    rows in a fixed order and its statics; what the network sees follows from these."""
+    rows in a fixed order and its statics; what the network sees and the NEWS2 follow from
+    these. The order is by time, then variable; rows of one variable at one time keep
+    their request order, because the later of them is the one scored (as the bin's and
+    NEWS2's latest value), so swapping them is another series."""
     name_id = np.array([_NAME_ID[name] for name in job.names], dtype=np.int64)[job.code]
-    order = np.lexsort((job.values, name_id, job.hours))
+    order = np.lexsort((name_id, job.hours))  # stable: ties keep the request order
     static = job.request.static.numeric() if job.request.static else {}
     return rows_key(job.ckpt, job.explain, (job.hours[order], name_id[order],
                                            job.values[order]), repr(sorted(static.items())))

@@ -30,6 +30,22 @@ def test_a_repeated_series_is_answered_from_the_cache_with_its_own_id(tmp_path: 
         assert {**again, "patient_id": None} == {**first, "patient_id": None}
 
 
+def test_two_values_at_one_time_are_told_apart_by_their_order(tmp_path: Path) -> None:
+    """Of two heart rates at the same time the later row is scored (bin and NEWS2 alike):
+    the same rows in the other order are another series, not a cache hit."""
+    make_checkpoint(tmp_path)
+    rows = [{"time": 1.0, "variable": "heart_rate", "value": v} for v in (80, 140)]
+    swapped = request_body(observations=rows[::-1])
+    with TestClient(create_app(settings_for(tmp_path, cache_entries=0))) as c:
+        fresh = c.post("/v1/predict", json=swapped, headers=USER).json()
+    with TestClient(create_app(settings_for(tmp_path))) as c:
+        first = c.post("/v1/predict", json=request_body(observations=rows), headers=USER)
+        again = c.post("/v1/predict", json=swapped, headers=USER).json()
+        assert (_cache(c).hits, _cache(c).misses) == (0, 2)
+    assert first.json()["news2"]["parts"]["heart_rate"] == 3  # 140/min
+    assert again == fresh and again["news2"]["parts"]["heart_rate"] == 0  # 80/min
+
+
 def test_a_changed_value_or_a_new_version_is_scored_again(tmp_path: Path) -> None:
     make_checkpoint(tmp_path)
     with TestClient(create_app(settings_for(tmp_path))) as c:
