@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.schemas import PredictResponse
 from models.checkpoint import Checkpoint
 from models.predict import Prediction
 
@@ -29,13 +30,15 @@ __all__ = ["CachedStay", "Key", "PredictionCache", "rows_key"]
 Key = tuple[str, str, bool, bytes]
 
 
-@dataclass(frozen=True)
+@dataclass
 class CachedStay:
-    """What a stay's rows determine: the network's prediction and the NEWS2 (as the response
-    writes it; each response validates its own copy)."""
+    """What a stay's key determines: the network's prediction, the NEWS2 (as the response
+    writes it) and, once built, the response in hours less what each request has of its own
+    (id, warnings, what-if; see app.service). Responses share its parts, read-only."""
 
     prediction: Prediction
     news2: Mapping[str, object]
+    response: PredictResponse | None = None
 
 
 def rows_key(ckpt: Checkpoint, explain: bool, arrays: Sequence[np.ndarray], extra: str

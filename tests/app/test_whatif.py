@@ -122,6 +122,17 @@ def test_what_if_is_deterministic(client: TestClient) -> None:
     assert post(client, payload) == post(client, payload)
 
 
+def test_the_same_series_with_and_without_plans_answers_each_as_asked(
+        client: TestClient) -> None:
+    """The prediction cache keys the rows, not the plans: a hit still answers this request's."""
+    plain = {k: v for k, v in body().items() if k != "what_if"}
+    planned = body({"label": "a", "interventions": ANTIBIOTICS_NOW})
+    first, with_plans, again = post(client, plain), post(client, planned), post(client, plain)
+    assert first["what_if"] is None and again == first
+    assert [a["label"] for a in with_plans["what_if"]] == ["a"]
+    assert {**with_plans, "what_if": None} == first
+
+
 def test_a_plan_the_data_never_show_gets_a_support_warning(client: TestClient) -> None:
     (answer,) = post(client, body({"label": "big bolus", "interventions": [
         {"time": 12.0, "variable": "fluid_bolus", "value": 1000}]}))["what_if"]
