@@ -8,7 +8,9 @@ matter) and the statics: the same rows tensorise to the same network input and g
 same NEWS2, and both are kept. Responses are built from them with this request's own id,
 times and warnings.
 
-Bounded in entries (least recently used out); ~3 KB each for the default model.
+Bounded in entries (least recently used out); ~3 KB each for the default model. The
+most recently built responses of stays in hours (`max_responses`, ~40 KB each: pydantic
+objects, one per attention bin) are kept with their stays too: a hit then copies one.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class CachedStay:
 
     prediction: Prediction
     news2: Mapping[str, object]
-    response: PredictResponse | None = None
+    response: PredictResponse | None = None  # set and cleared by PredictionCache.keep_response
 
 
 def rows_key(ckpt: Checkpoint, explain: bool, arrays: Sequence[np.ndarray], extra: str
@@ -53,9 +55,11 @@ def rows_key(ckpt: Checkpoint, explain: bool, arrays: Sequence[np.ndarray], extr
 
 
 class PredictionCache:
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, max_responses: int = 256) -> None:
         self.max_entries = max_entries
+        self.max_responses = min(max_responses, max_entries)  # a ward's patients, and more
         self._entries: OrderedDict[Key, CachedStay] = OrderedDict()
+        self._responses: OrderedDict[int, CachedStay] = OrderedDict()  # stays holding one
         self._lock = threading.Lock()  # the inference thread and the FHIR route's pool
         self.hits = 0
         self.misses = 0
@@ -79,6 +83,19 @@ class PredictionCache:
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
+
+    def keep_response(self, stay: CachedStay, response: PredictResponse) -> None:
+        """Keep `response` with `stay`; the stay that kept one longest ago loses its own
+        beyond `max_responses`."""
+        if self.max_responses <= 0:
+            return
+        with self._lock:
+            stay.response = response
+            self._responses[id(stay)] = stay
+            self._responses.move_to_end(id(stay))
+            while len(self._responses) > self.max_responses:
+                _, oldest = self._responses.popitem(last=False)
+                oldest.response = None
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -178,15 +178,15 @@ def _explanation(job: Job, pred: Prediction) -> dict[str, object]:
             "variables": [{"variable": k, "contribution": float(v)} for k, v in ranked]}
 
 
-def _response(job: Job, stay: CachedStay) -> PredictResponse:
+def _response(job: Job, stay: CachedStay, cache: PredictionCache | None) -> PredictResponse:
     """This request's response from its stay's: the parts every request with the stay's
-    key shares (validated once, kept with the stay for requests in hours) and its own id,
+    key shares (validated once, kept by the cache for requests in hours) and its own id,
     warnings (their order follows the request's) and what-if answers."""
     template = stay.response if job.timebase.kind == "hours" else None
     if template is None:
         template = _shared_response(job, stay.prediction, stay.news2)
-        if job.timebase.kind == "hours":  # date-time labels depend on the request's clock
-            stay.response = template
+        if cache is not None and job.timebase.kind == "hours":  # ISO labels: this request's
+            cache.keep_response(stay, template)
     return template.model_copy(update={"patient_id": job.request.patient_id,
                                        "warnings": list(job.warnings),
                                        "what_if": _what_if(job)})
@@ -267,10 +267,10 @@ def _key(job: Job) -> Key:
 
 
 def _responses(outcomes: list[Outcome | None], members: list[int], group: list[Job],
-               stays: list[CachedStay]) -> None:
+               stays: list[CachedStay], cache: PredictionCache | None) -> None:
     for i, job, stay in zip(members, group, stays, strict=True):
         try:
-            outcomes[i] = _response(job, stay)
+            outcomes[i] = _response(job, stay, cache)
         except ServiceError as e:
             outcomes[i] = e
 
@@ -284,7 +284,8 @@ def predict_each(jobs: Sequence[Job], cache: PredictionCache | None = None) -> l
     """
     outcomes: list[Outcome | None] = [None] * len(jobs)
     for members, group in _groups(jobs):
-        _responses(outcomes, members, group, _stays(group, cache))
+        _responses(outcomes, members, group, _stays(group, cache),
+                   cache if cache is not None and cache.max_entries > 0 else None)
     return [o for o in outcomes if o is not None]
 
 
@@ -298,7 +299,7 @@ def answer_cached(jobs: Sequence[Job], cache: PredictionCache) -> list[Outcome] 
         found = [cache.get(_key(job), count_miss=False) for job in group]
         if any(s is None for s in found):
             return None
-        _responses(outcomes, members, group, [s for s in found if s is not None])
+        _responses(outcomes, members, group, [s for s in found if s is not None], cache)
     return [o for o in outcomes if o is not None]
 
 

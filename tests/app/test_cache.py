@@ -87,3 +87,19 @@ def test_contributions_can_be_left_out_and_are_cached_apart(tmp_path: Path) -> N
                        headers=USER, params={"contributions": "false"}).json()
         assert [r["explanation"]["variables"] for r in batch["results"]] == [None, None]
         assert (_cache(c).hits, _cache(c).misses) == (2, 2)  # the batch: both from it
+
+
+def test_responses_are_kept_for_a_bounded_number_of_stays(tmp_path: Path) -> None:
+    """~40 KB each: only the most recent `max_responses` stays keep theirs; hits on the
+    others build a new one, and every answer is the same either way."""
+    make_checkpoint(tmp_path)
+    bodies = [request_body(observations=[{"time": 1.0, "variable": "heart_rate",
+                                          "value": 60 + i}]) for i in range(4)]
+    with TestClient(create_app(settings_for(tmp_path))) as c:
+        _cache(c).max_responses = 2
+        first = [c.post("/v1/predict", json=b, headers=USER).json() for b in bodies]
+        stays = list(_cache(c)._entries.values())
+        assert [s.response is not None for s in stays] == [False, False, True, True]
+        again = [c.post("/v1/predict", json=b, headers=USER).json() for b in bodies]
+        assert again == first and _cache(c).hits == 4
+        assert sum(s.response is not None for s in stays) == 2
