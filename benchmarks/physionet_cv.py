@@ -1,7 +1,7 @@
 """K-fold cross-validated AUROC of the default model on PhysioNet 2012 set A, beside SAPS-I.
 
     .venv/bin/python -m benchmarks.physionet_cv [--data DIR] [--folds 5] [--seed 7]
-                                                [--config configs/default.toml] [--out FILE]
+                                                [--config configs/physionet.toml] [--out FILE]
                                                 [-- extra training.train flags]
 
 Without --data, imports set A from ../shared/data/physionet2012/ into a temporary directory
@@ -82,7 +82,7 @@ def main() -> int:
     ap.add_argument("--data", type=Path, help="imported set A (default: import it)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "default.toml")
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "physionet.toml")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--out", type=Path, help="write the figures as JSON here")
     ap.add_argument("train_args", nargs="*", help="extra training.train flags, after --")
