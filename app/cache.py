@@ -64,6 +64,12 @@ class PredictionCache:
         self.hits = 0
         self.misses = 0
 
+    @property
+    def enabled(self) -> bool:
+        """False with 0 entries (VITALCAST_CACHE_ENTRIES=0): nothing is kept, so callers
+        need not compute keys."""
+        return self.max_entries > 0
+
     def get(self, key: Key, count_miss: bool = True) -> CachedStay | None:
         """The stay held for `key`, now the most recently used; None when not held."""
         with self._lock:
@@ -76,7 +82,7 @@ class PredictionCache:
             return found
 
     def put(self, key: Key, stay: CachedStay) -> None:
-        if self.max_entries <= 0:
+        if not self.enabled:
             return
         with self._lock:
             self._entries[key] = stay

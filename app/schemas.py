@@ -30,6 +30,7 @@ from pydantic_core import CoreSchema, core_schema
 from app.timebase import MAX_HOURS, Timebase, parse_time
 from app.whatif_schemas import MAX_PLANS, WhatIfAnswer, WhatIfPlan, check_plan_times
 from models.catalogue import CATALOGUE, STATICS, check_value
+from models.features import factorize
 
 __all__ = [
     "AttentionBin",
@@ -166,14 +167,12 @@ class ObservationRows(Sequence[Observation]):
     @classmethod
     def of_rows(cls, rows: list[Observation]) -> ObservationRows:
         """The columns of rows the per-field validators built."""
-        variables = [o.variable for o in rows]
-        names = list(dict.fromkeys(variables))
-        position = {name: i for i, name in enumerate(names)}
+        names, code = factorize([o.variable for o in rows])
         times = [o.time for o in rows]
         hours = (np.array(times, dtype=np.float64)
                  if not any(isinstance(t, datetime) for t in times) else None)
-        return cls(names, np.fromiter(map(position.__getitem__, variables), np.int64, len(rows)),
-                   np.fromiter((o.value for o in rows), np.float64, len(rows)), hours, rows)
+        return cls(names, code, np.fromiter((o.value for o in rows), np.float64, len(rows)),
+                   hours, rows)
 
     @property
     def variables(self) -> list[str]:
@@ -259,14 +258,12 @@ def _plain_columns(rows: object) -> ObservationRows | None:
         times = list(map(_TIME, rows))  # KeyError: another key than these three
         variables = list(map(_VARIABLE, rows))
         values = list(map(_VALUE, rows))
-        names = list(dict.fromkeys(variables))  # TypeError: an unhashable "variable"
+        names, code = factorize(variables)  # TypeError: an unhashable "variable"
     except (KeyError, TypeError):
         return None
     if (not set(map(type, times)) <= _NUMBERS or not set(map(type, values)) <= _NUMBERS
             or not all(type(name) is str and name in _POSSIBLE for name in names)):
         return None
-    position = {name: i for i, name in enumerate(names)}
-    code = np.fromiter(map(position.__getitem__, variables), np.int64, len(variables))
     try:
         hours = np.fromiter(times, np.float64, len(times))
         numbers = np.fromiter(values, np.float64, len(values))

@@ -282,17 +282,18 @@ def predict_each(jobs: Sequence[Job], cache: PredictionCache | None = None) -> l
 
     Blocking (torch): call it from a worker thread, not the event loop.
     """
+    if cache is not None and not cache.enabled:
+        cache = None  # off: no keys to compute, no responses to keep
     outcomes: list[Outcome | None] = [None] * len(jobs)
     for members, group in _groups(jobs):
-        _responses(outcomes, members, group, _stays(group, cache),
-                   cache if cache is not None and cache.max_entries > 0 else None)
+        _responses(outcomes, members, group, _stays(group, cache), cache)
     return [o for o in outcomes if o is not None]
 
 
 def answer_cached(jobs: Sequence[Job], cache: PredictionCache) -> list[Outcome] | None:
     """The outcomes when the cache holds every stay and no what-if is asked, else None: no
     torch, so a repeated request is answered where it arrived (the event loop)."""
-    if cache.max_entries <= 0 or any(job.what_if is not None for job in jobs):
+    if not cache.enabled or any(job.what_if is not None for job in jobs):
         return None  # cache off; plans are scored by torch: the inference thread's work
     outcomes: list[Outcome | None] = [None] * len(jobs)
     for members, group in _groups(jobs):
@@ -306,7 +307,7 @@ def answer_cached(jobs: Sequence[Job], cache: PredictionCache) -> list[Outcome] 
 def _stays(group: list[Job], cache: PredictionCache | None) -> list[CachedStay]:
     """The stays' predictions and NEWS2, from the cache where it has them."""
     ckpt, explain = group[0].ckpt, group[0].explain
-    if cache is None or cache.max_entries <= 0:  # off: no keys to compute
+    if cache is None:
         return _scored(ckpt, group, explain)
     keys = [_key(job) for job in group]
     found = [cache.get(k) for k in keys]

@@ -31,6 +31,7 @@ __all__ = [
     "Grid",
     "Normalizer",
     "Tensors",
+    "factorize",
     "tensorise",
     "tensorise_codes",
     "tensorise_rows",
@@ -236,6 +237,14 @@ def tensorise(
                     interventions, until_hours)
 
 
+def factorize(labels: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """The distinct labels in order of first appearance, and each label's (n,) int64
+    position among them: a few names, then one C-level lookup per row."""
+    names = list(dict.fromkeys(labels))  # TypeError for an unhashable label
+    position = {name: i for i, name in enumerate(names)}
+    return names, np.fromiter(map(position.__getitem__, labels), np.int64, len(labels))
+
+
 def tensorise_rows(
     patient: np.ndarray,
     time_hours: np.ndarray,
@@ -252,9 +261,7 @@ def tensorise_rows(
     stay, the descriptors given (by catalogue name; absent or None = missing). Gives the
     same Tensors as `tensorise` on the equivalent DataFrames, patient ids "0".."N-1".
     """
-    names = list(dict.fromkeys(variables))  # the few distinct names, then codes per row
-    position = {name: i for i, name in enumerate(names)}
-    variable = np.fromiter(map(position.__getitem__, variables), np.int64, len(variables))
+    names, variable = factorize(variables)
     return tensorise_codes(patient, time_hours, variable, names, value, statics, normalizer,
                            grid, interventions)
 
