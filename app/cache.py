@@ -9,8 +9,8 @@ same NEWS2, and both are kept. Responses are built from them with this request's
 times and warnings.
 
 Bounded in entries (least recently used out); ~3 KB each for the default model. The
-most recently built responses of stays in hours (`max_responses`, ~40 KB each: pydantic
-objects, one per attention bin) are kept with their stays too: a hit then copies one.
+most recently built responses of stays in hours (`max_responses`, ~40 KB each: a dict
+per attention bin) are kept with their stays too: a hit then copies one.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.schemas import PredictResponse
+from app.schemas import Answer
 from models.checkpoint import Checkpoint
 from models.predict import Prediction
 
@@ -40,7 +40,7 @@ class CachedStay:
 
     prediction: Prediction
     news2: Mapping[str, object]
-    response: PredictResponse | None = None  # set and cleared by PredictionCache.keep_response
+    response: Answer | None = None  # set and cleared by PredictionCache.keep_response
 
 
 def rows_key(ckpt: Checkpoint, explain: bool, arrays: Sequence[np.ndarray], extra: str
@@ -90,7 +90,7 @@ class PredictionCache:
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
 
-    def keep_response(self, stay: CachedStay, response: PredictResponse) -> None:
+    def keep_response(self, stay: CachedStay, response: Answer) -> None:
         """Keep `response` with `stay`; the stay that kept one longest ago loses its own
         beyond `max_responses`."""
         if self.max_responses <= 0:

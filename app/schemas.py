@@ -33,6 +33,7 @@ from models.catalogue import CATALOGUE, STATICS, check_value
 from models.features import factorize
 
 __all__ = [
+    "Answer",
     "AttentionBin",
     "BatchRequest",
     "BatchResponse",
@@ -453,6 +454,11 @@ class PredictResponse(BaseModel):
     warnings: list[str]
     what_if: list[WhatIfAnswer] | None = Field(
         None, description="one answer per requested plan, in request order")
+
+
+# A PredictResponse as the JSON-ready values it serialises to (fields in order): what the
+# scoring path builds and the routes encode with orjson, without a pydantic object per bin.
+Answer = dict[str, Any]
 
 
 class BatchResponse(BaseModel):

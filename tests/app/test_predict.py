@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 
+from app.schemas import BatchResponse, PredictResponse
 from tests.app.support import USER, request_body
 
 
@@ -178,3 +179,28 @@ def test_batch_answers_every_patient_in_order(client: TestClient) -> None:
         assert [b["start"] for b in alone["explanation"]["attention"]] == \
             [b["start"] for b in result["explanation"]["attention"]]
         assert alone["news2"] == result["news2"]
+
+
+@pytest.mark.parametrize("contributions", ["true", "false"])
+def test_answers_are_the_documented_response_models_json(client: TestClient,
+                                                         contributions: str) -> None:
+    """Answers are encoded without building the response models: their bytes must still be
+    exactly what the documented models (OpenAPI) validate and write."""
+    iso = request_body(patient_id="iso", admitted_at="2026-11-22T08:00:00+01:00",
+                       observations=[{"time": "2026-11-22T08:30:00+01:00",
+                                      "variable": "heart_rate", "value": 96},
+                                     {"time": "2026-11-22T11:00:00+01:00",
+                                      "variable": "creatinine", "value": 2.1}])
+    atypical = request_body(patient_id=None, static=None, observations=[
+        {"time": 0, "variable": "heart_rate", "value": 250},
+        {"time": 1, "variable": "troponin_t", "value": 0.5}])
+    params = {"contributions": contributions}
+    for body in (request_body(), iso, atypical):
+        r = client.post("/v1/predict", json=body, headers=USER, params=params)
+        assert r.status_code == 200, r.text
+        assert PredictResponse.model_validate_json(r.content).model_dump_json().encode() \
+            == r.content
+    r = client.post("/v1/predict/batch", json={"patients": [request_body(), iso, atypical]},
+                    headers=USER, params=params)
+    assert r.status_code == 200, r.text
+    assert BatchResponse.model_validate_json(r.content).model_dump_json().encode() == r.content

@@ -13,6 +13,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from app.schemas import BatchResponse
 from models.checkpoint import save_checkpoint
 from models.effect import (
     EffectConfig,
@@ -182,6 +183,8 @@ def test_batch_requests_carry_what_if_per_patient(client: TestClient) -> None:
     assert r.status_code == 200, r.text
     first, second = r.json()["results"]
     assert first["what_if"] is None and second["what_if"][0]["label"] == "a"
+    # encoded without the response models, written exactly as they would write it
+    assert BatchResponse.model_validate_json(r.content).model_dump_json().encode() == r.content
 
 
 @pytest.mark.parametrize("plan, message", [
