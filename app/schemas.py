@@ -51,6 +51,7 @@ __all__ = [
     "News2",
     "Observation",
     "ObservationRows",
+    "POSSIBLE",
     "PredictRequest",
     "PredictResponse",
     "Prognosis",
@@ -138,7 +139,7 @@ class Observation(BaseModel):
 
 
 # Possible range of every variable an observation may name (not the statics).
-_POSSIBLE = {name: var.possible for name, var in CATALOGUE.items() if var.kind != "static"}
+POSSIBLE = {name: var.possible for name, var in CATALOGUE.items() if var.kind != "static"}
 _OBSERVATION_FIELDS = frozenset(Observation.model_fields)
 _TIME, _VARIABLE, _VALUE = itemgetter("time"), itemgetter("variable"), itemgetter("value")
 _NUMBERS = frozenset({float, int})  # not bool: JSON true is not a measurement
@@ -263,14 +264,14 @@ def _plain_columns(rows: object) -> ObservationRows | None:
     except (KeyError, TypeError):
         return None
     if (not set(map(type, times)) <= _NUMBERS or not set(map(type, values)) <= _NUMBERS
-            or not all(type(name) is str and name in _POSSIBLE for name in names)):
+            or not all(type(name) is str and name in POSSIBLE for name in names)):
         return None
     try:
         hours = np.fromiter(times, np.float64, len(times))
         numbers = np.fromiter(values, np.float64, len(values))
     except OverflowError:  # an integer beyond float: the validators refuse it
         return None
-    bounds = np.array([_POSSIBLE[name] for name in names], dtype=np.float64)[code]
+    bounds = np.array([POSSIBLE[name] for name in names], dtype=np.float64)[code]
     # NaN fails every comparison: not plain either
     if not ((hours >= 0) & (hours <= MAX_HOURS) & (numbers >= bounds[:, 0])
             & (numbers <= bounds[:, 1])).all():

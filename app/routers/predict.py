@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Query, Response
 from app.deps import BatcherDep, MetricsDep, RegistryDep, SettingsDep
 from app.errors import InvalidRequest, ServiceError
 from app.jsonbody import StrictJsonRoute
+from app.plainbody import decode_plain_batch
 from app.schemas import (
     EXAMPLE_ISO_REQUEST,
     EXAMPLE_REQUEST,
@@ -79,8 +80,14 @@ async def predict_one(
     return _json(response)
 
 
-@router.post("/batch", response_model=BatchResponse, responses=ERRORS,
-             summary="Many patients in one request, answered in the same order")
+class _BatchRoute(StrictJsonRoute):
+    """Plain bulk bodies decoded straight into columns (app.plainbody); any other body is
+    parsed and validated as on every route."""
+
+    def fast_body(self, body: bytes) -> Any | None:
+        return decode_plain_batch(body)
+
+
 async def predict_batch(
     batch: BatchRequest, registry: RegistryDep, settings: SettingsDep, metrics: MetricsDep,
     batcher: BatcherDep, _: UserKey, contributions: Contributions = True,
@@ -96,3 +103,8 @@ async def predict_batch(
         except ServiceError as e:
             raise e.in_batch(i) from None
     return _json({"results": await _score(jobs, batcher, metrics)})
+
+
+router.add_api_route("/batch", predict_batch, methods=["POST"], response_model=BatchResponse,
+                     responses=ERRORS, route_class_override=_BatchRoute,
+                     summary="Many patients in one request, answered in the same order")

@@ -1,0 +1,141 @@
+"""Plain batch bodies decoded straight into columns: the bulk-scoring fast path.
+
+A 256-patient batch holds ~56,000 observation rows. Parsing it into a dict per row
+(`parse_json`, orjson plus its duplicate-key check) and reading the rows back into columns
+cost more than the batch's forward pass. `decode_plain_batch` decodes such a body with
+msgspec into typed rows (no dict per row; number and field checks in C), checks every row
+of every patient at once with numpy, and hands the route what `parse_json` would have
+given with each `observations` list replaced by its `ObservationRows`; the route's model
+(`BatchRequest`) then validates everything else as for any body.
+
+It answers None for any body that is not plain, which then takes the general path
+(`parse_json`, the per-field validators) and gets its answer, or its error message, from
+there: the fast path never decides an error. Plain means, beyond `_plain_columns`'s rows
+(time a number of hours in range, a catalogue variable, a number in its possible range):
+patients with only patient_id, model, static (age, sex, weight, height) and observations;
+no backslash escapes, no run of 19 digits (orjson turns such integers into floats, the
+general path keeps them exact) and no repeated key. Numbers come out as orjson's do, bit
+for bit (msgspec reads `-0` as 0.0 too; tests/app/test_plainbody.py compares them).
+
+A repeated key is found as `jsonbody._fast` finds it: without escapes every colon of the
+body is after a key or inside a string, and the typed value says how many keys each object
+kept and which strings it holds; a repeated key leaves its colon (and its value's) out of
+that count.
+"""
+
+from __future__ import annotations
+
+from itertools import chain
+from operator import attrgetter
+from typing import Any
+
+import msgspec
+import numpy as np
+from msgspec import UNSET, UnsetType
+
+from app.jsonbody import has_long_number
+from app.schemas import POSSIBLE, ObservationRows
+from app.timebase import MAX_HOURS
+from models.features import factorize
+
+__all__ = ["decode_plain_batch"]
+
+
+class _Row(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    time: float  # msgspec's float takes JSON integers and floats, not true/false or strings
+    variable: str
+    value: float
+
+
+class _Static(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    age: float | None | UnsetType = UNSET
+    sex: str | None | UnsetType = UNSET
+    weight: float | None | UnsetType = UNSET
+    height: float | None | UnsetType = UNSET
+
+
+class _Patient(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    observations: list[_Row]
+    patient_id: str | None | UnsetType = UNSET
+    model: str | None | UnsetType = UNSET
+    static: _Static | None | UnsetType = UNSET
+
+
+class _Batch(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    patients: list[_Patient]
+
+
+_DECODER = msgspec.json.Decoder(_Batch)
+_PATIENT_FIELDS = ("patient_id", "model", "static")
+_STATIC_FIELDS = _Static.__struct_fields__
+_TIME, _VARIABLE, _VALUE = attrgetter("time"), attrgetter("variable"), attrgetter("value")
+
+# Keys are field names and variables catalogue names: neither holds a colon to count.
+if any(":" in name for name in chain(POSSIBLE, _Row.__struct_fields__, _STATIC_FIELDS,
+                                     _Patient.__struct_fields__)):
+    raise ImportError("a field or variable name holds ':': the repeated-key count breaks")
+
+
+def decode_plain_batch(body: bytes) -> dict[str, Any] | None:
+    """`parse_json(body)` with the observations as `ObservationRows`, or None when the body
+    is not plain (module docstring): the general path then decides."""
+    if b"\\" in body or has_long_number(body):
+        return None
+    try:
+        batch = _DECODER.decode(body)
+    except (msgspec.DecodeError, ValueError):  # malformed JSON or UTF-8, another shape or
+        return None  # type, a number too large
+    if not batch.patients:
+        return None
+    counts = [len(p.observations) for p in batch.patients]
+    if 0 in counts:
+        return None
+    rows = list(chain.from_iterable(p.observations for p in batch.patients))
+    observations = _columns(rows, counts)
+    if observations is None:
+        return None
+    patients, keys, colons_in_strings = [], 1 + 3 * len(rows), 0
+    for patient, rows_of_patient in zip(batch.patients, observations, strict=True):
+        out: dict[str, Any] = {}
+        for name in _PATIENT_FIELDS:
+            value = getattr(patient, name)
+            if value is UNSET:
+                continue
+            if isinstance(value, _Static):
+                value = {k: v for k in _STATIC_FIELDS if (v := getattr(value, k)) is not UNSET}
+                keys += len(value)
+                colons_in_strings += sum(v.count(":") for v in value.values()
+                                         if isinstance(v, str))
+            elif isinstance(value, str):
+                colons_in_strings += value.count(":")
+            out[name] = value
+        out["observations"] = rows_of_patient
+        keys += len(out)
+        patients.append(out)
+    if body.count(b":") != keys + colons_in_strings:
+        return None  # a repeated key: which value is meant is the general path's to say
+    return {"patients": patients}
+
+
+def _columns(rows: list[_Row], counts: list[int]) -> list[ObservationRows] | None:
+    """Each patient's rows as columns when every row of the batch is plain, else None.
+
+    The checks of `schemas._plain_columns`, once over the whole batch."""
+    n = len(rows)
+    variables = list(map(_VARIABLE, rows))
+    names, code = factorize(variables)
+    if not all(name in POSSIBLE for name in names):
+        return None
+    hours = np.fromiter(map(_TIME, rows), np.float64, n)
+    values = np.fromiter(map(_VALUE, rows), np.float64, n)
+    bounds = np.array([POSSIBLE[name] for name in names], dtype=np.float64)[code]
+    if not ((hours >= 0) & (hours <= MAX_HOURS) & (values >= bounds[:, 0])
+            & (values <= bounds[:, 1])).all():
+        return None
+    out, start = [], 0
+    for count in counts:
+        end = start + count
+        own_names, own_code = factorize(variables[start:end])
+        out.append(ObservationRows(own_names, own_code, values[start:end], hours[start:end]))
+        start = end
+    return out

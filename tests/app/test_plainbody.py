@@ -1,0 +1,146 @@
+"""Plain batch bodies: the fast decoder gives the general path's request, or steps aside.
+
+Whatever `decode_plain_batch` returns must validate to exactly what `parse_json` and the
+per-field validators make of the same body (the same columns, the same other fields, the
+same errors); every body it cannot vouch for (repeated keys, escapes, bad types, values
+out of range, unknown fields) must get None, so that the general path decides.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from app.jsonbody import parse_json
+from app.plainbody import decode_plain_batch
+from app.schemas import BatchRequest
+from tests.app.support import USER, request_body
+
+TIMES = st.one_of(st.integers(-2, 90_000), st.floats(-1, 1e5), st.booleans(),
+                  st.just("2026-11-22T08:30:00+01:00"), st.just("1.5"), st.none())
+VARIABLES = st.sampled_from(["heart_rate", "spo2", "fio2", "antibiotics", "lactate", "age",
+                             "heart_rat", "", "a:b"])
+VALUES = st.one_of(st.integers(-5, 400), st.floats(-1, 400), st.booleans(), st.just("80"),
+                   st.none())
+ROWS = st.lists(st.fixed_dictionaries({"time": TIMES, "variable": VARIABLES, "value": VALUES},
+                                      optional={"unit": st.just("bpm")}), max_size=3)
+STATICS = st.one_of(st.none(), st.fixed_dictionaries({}, optional={
+    "age": st.one_of(st.integers(-1, 130), st.floats(0, 120), st.just("71")),
+    "sex": st.sampled_from(["female", "male", "Male", "a:b"]),
+    "weight": st.floats(20, 200), "height": st.none(), "bmi": st.just(20)}))
+PATIENTS = st.fixed_dictionaries({"observations": ROWS}, optional={
+    "patient_id": st.one_of(st.text(alphabet="ab:é😀 ", max_size=6), st.none(),
+                            st.integers()),
+    "model": st.sampled_from(["default", "", None, "other:x"]),
+    "static": STATICS,
+    "admitted_at": st.just("2026-11-22T08:00:00+01:00")})
+
+
+def _columns(request: BatchRequest) -> list[Any]:
+    """What scoring reads of each patient; numbers as repr (-0.0 == 0.0 would hide a sign)."""
+    return [(p.observations.names, p.observations.code.tolist(),
+             list(map(repr, p.observations.hours.tolist())),  # type: ignore[union-attr]
+             list(map(repr, p.observations.values.tolist())),
+             p.model_dump(exclude={"observations"})) for p in request.patients]
+
+
+def _validated(value: Any) -> tuple[str, Any]:
+    try:
+        request = BatchRequest.model_validate(value)
+    except ValidationError as e:
+        return "error", [(x["loc"], x["msg"]) for x in e.errors()]
+    return "ok", _columns(request)
+
+
+def _general(body: bytes) -> tuple[str, Any]:
+    return _validated(parse_json(body))
+
+
+# Rows and patients the fast path takes, and edits that may make them anything else.
+PLAIN_ROWS = st.lists(st.fixed_dictionaries({
+    "time": st.integers(0, 100) | st.floats(0, 100).map(lambda t: round(t, 4)),
+    "variable": st.sampled_from(["heart_rate", "map", "urine_output"]),
+    "value": st.integers(0, 200) | st.floats(0, 200).map(lambda v: round(v, 6))}),
+    min_size=1, max_size=6)  # 19 digits in a row (0.00012345...) would take the general path
+PLAIN_PATIENTS = st.fixed_dictionaries({"observations": PLAIN_ROWS}, optional={
+    "patient_id": st.text(alphabet="ab:é😀 ", max_size=6), "model": st.just("default"),
+    "static": st.fixed_dictionaries({}, optional={"age": st.integers(0, 120),
+                                                  "sex": st.just("male")})})
+EDITS = st.sampled_from(["time", "variable", "value", "unit", "patient_id", "model", "static",
+                         "admitted_at", "observations"])
+BAD = {"time": TIMES, "variable": VARIABLES, "value": VALUES, "unit": st.just("bpm")}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(PLAIN_PATIENTS, min_size=1, max_size=4), st.sampled_from([None, 1]),
+       st.lists(st.tuples(EDITS, st.integers(0, 3), st.integers(0, 5)), max_size=2),
+       st.data())
+def test_the_fast_decoder_gives_the_general_paths_request(
+        patients: list[dict[str, Any]], indent: int | None,
+        edits: list[tuple[str, int, int]], data: st.DataObject) -> None:
+    for field, p, r in edits:  # a few values of any kind in an otherwise plain batch
+        patient = patients[p % len(patients)]
+        rows = patient["observations"]
+        if field in BAD:
+            if rows:  # an earlier edit may have emptied them
+                rows[r % len(rows)][field] = data.draw(BAD[field])
+        else:
+            patient[field] = data.draw(PATIENTS.map(lambda x, f=field: x.get(f, [])))
+    body = json.dumps({"patients": patients}, indent=indent, ensure_ascii=False).encode()
+    fast = decode_plain_batch(body)
+    if not edits:
+        assert fast is not None  # plain: taken
+    if fast is None:
+        return
+    assert _validated(fast) == _general(body)
+
+
+def _plain_batch() -> dict[str, Any]:
+    return {"patients": [request_body(), request_body(patient_id="b", static={"age": 50})]}
+
+
+def test_a_plain_batch_takes_the_fast_path() -> None:
+    body = json.dumps(_plain_batch()).encode()
+    fast = decode_plain_batch(body)
+    assert fast is not None
+    assert _validated(fast)[0] == "ok"
+    assert str(_validated(fast)) == str(_general(body))
+
+
+@pytest.mark.parametrize("edit", [
+    ('"value": 118', '"value": 1, "value": 118'),  # a repeated key in a row
+    ('"patient_id": "b"', '"patient_id": "a:b", "patient_id": "b"'),  # its colon balanced?
+    ('"age": 50', '"age": 40, "age": 50'),
+    ('{"patients": [', '{"patients": [], "patients": ['),
+    ('"heart_rate"', '"heart\\u005frate"'),  # an escape
+    ('"time": 0.5', '"time": "2026-11-22T08:30:00+01:00"'),
+    ('"value": 118', '"value": 118.0000000000000000001'),  # 19 digits in a row
+    ('"value": 118', '"value": true'),
+    ('"value": 118', '"value": 1e999'),
+    ('"value": 118', '"value": 1000'),  # impossible
+    ('"value": 118', '"value": 118, "unit": "bpm"'),
+    ('"static": {"age": 50}', '"static": {"age": 50, "bmi": 3}'),
+    ('"patient_id": "b"', '"patient_id": "b", "admitted_at": "2026-11-22T08:00:00+01:00"'),
+    ('"patient_id": "b"', '"patient_id": "\xff"'),  # not UTF-8 (below)
+])
+def test_bodies_it_cannot_vouch_for_go_to_the_general_path(edit: tuple[str, str]) -> None:
+    text = json.dumps(_plain_batch())
+    assert edit[0] in text
+    body = text.replace(edit[0], edit[1], 1).encode()
+    if "\xff" in edit[1]:
+        body = body.replace("\xff".encode(), b"\xff")
+    assert decode_plain_batch(body) is None
+
+
+def test_a_repeated_key_in_a_plain_batch_is_refused_as_before(client: TestClient) -> None:
+    body = json.dumps(_plain_batch()).replace('"value": 118', '"value": 1, "value": 118', 1)
+    r = client.post("/v1/predict/batch", content=body,
+                    headers={**USER, "Content-Type": "application/json"})
+    assert r.status_code == 422
+    assert "duplicate key 'value'" in r.json()["error"]["message"]
