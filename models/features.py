@@ -349,17 +349,19 @@ def _on_grid(
     logged = np.array([CATALOGUE[name].log_scale for name in features], dtype=bool)
     x = np.where(logged[fl], np.log1p(np.clip(raw[last], 0.0, None)), raw[last])
     z = (x - normalizer.mean[fl]) / normalizer.std[fl]
+    # Each cell's row among the kept ones (-1: none, or a NaN value). Kept rows are in cell
+    # order, so within a stay and feature a later slot has a larger row: the running maximum
+    # over slots is the latest observation at or before each slot (carry-forward), and one
+    # gather from the kept rows fills the grid (a row past the end holds the 0 for "none").
     shape = (n, t_steps + 1, n_f)
-    val_grid = np.full(shape, np.nan, dtype=np.float64)
-    time_grid = np.full(shape, np.nan, dtype=np.float64)
-    val_grid.reshape(-1)[flat[last]] = z
-    time_grid.reshape(-1)[flat[last]] = tt[last]
-    observed = ~np.isnan(val_grid)
-
-    src = _ffill_index(observed)  # (N, T+1, F)
-    safe = np.clip(src, 0, None)
-    values = np.where(src >= 0, np.take_along_axis(val_grid, safe, axis=1), 0.0)
-    last_time = np.where(src >= 0, np.take_along_axis(time_grid, safe, axis=1), 0.0)
+    kept = np.flatnonzero(~np.isnan(z))
+    cell_row = np.full(shape, -1, dtype=np.int64)
+    cell_row.reshape(-1)[flat[last][kept]] = kept
+    observed = cell_row >= 0
+    src = np.maximum.accumulate(cell_row, axis=1)  # (N, T+1, F)
+    src[src < 0] = len(z)
+    values = np.append(z, 0.0)[src]
+    last_time = np.append(tt[last], 0.0)[src]
     bin_end = (offset[:, None] + np.arange(t_steps + 1)[None, :]).astype(np.float64) * step
     delta = np.clip(bin_end[:, :, None] - last_time, 0.0, None)
 
