@@ -14,8 +14,8 @@ pydantic objects and dumping them again cost more than the forward pass of the b
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from itertools import chain
 from typing import Any
 
@@ -32,7 +32,8 @@ from models.features import Tensors, tensorise_codes
 from models.news2 import NEWS2_PARAMETERS, news2_points
 from models.predict import Prediction, score_tensors
 
-__all__ = ["Answer", "Job", "Outcome", "answer_cached", "predict", "predict_each", "prepare"]
+__all__ = ["Answer", "Job", "Outcome", "answer_cached", "predict", "predict_each", "prepare",
+           "prepare_batch"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,27 @@ def prepare(request: PredictRequest, ckpt: Checkpoint, max_observations: int,
     `explain` the response leaves out the contributions (their integrated gradients cost
     several forward and backward passes per patient).
     """
+    return _with_warnings([_checked(request, ckpt, max_observations, explain)])[0]
+
+
+def prepare_batch(requests: Sequence[PredictRequest],
+                  checkpoint: Callable[[PredictRequest], Checkpoint], max_observations: int,
+                  explain: bool = True) -> list[Job]:
+    """`prepare` for each patient of a batch, the first error named by its batch index
+    (`checkpoint` gives a request's model, raising for an unknown one); warnings for all
+    the batch's rows in one vectorised pass."""
+    jobs = []
+    for i, request in enumerate(requests):
+        try:
+            jobs.append(_checked(request, checkpoint(request), max_observations, explain))
+        except ServiceError as e:
+            raise e.in_batch(i) from None
+    return _with_warnings(jobs)
+
+
+def _checked(request: PredictRequest, ckpt: Checkpoint, max_observations: int,
+             explain: bool) -> Job:
+    """The job of one request (without warnings) after the checks that can refuse it."""
     observations = request.observations
     n = len(observations)
     if n > max_observations:
@@ -81,42 +103,77 @@ def prepare(request: PredictRequest, ckpt: Checkpoint, max_observations: int,
     hours = observations.hours
     if hours is None:
         hours = np.array([timebase.hours(t) for t in observations.times()], dtype=np.float64)
-    values, code = observations.values, observations.code
-    job = Job(request, ckpt, timebase, hours, values, names, code, ())
     question = prepare_what_if(request.what_if, ckpt, hours, timebase) \
         if request.what_if else None
-    return Job(request, ckpt, timebase, hours, values, names, code, tuple(_warnings(job)),
-               question, explain)
+    return Job(request, ckpt, timebase, hours, observations.values, names, observations.code,
+               (), question, explain)
 
 
-def _warnings(job: Job) -> list[str]:
-    request, ckpt, hours, values = job.request, job.ckpt, job.hours, job.values
-    out: list[str] = []
-    atypical: dict[str, tuple[str, int]] = {}
-    typical = np.array([CATALOGUE[name].typical for name in job.names], dtype=np.float64)
-    lo, hi = typical[job.code, 0], typical[job.code, 1]
-    for i in np.flatnonzero((values < lo) | (values > hi)):  # request order
-        name = job.names[job.code[i]]
+# Catalogue tables by a fixed number per name (also the cache key's, below).
+_NAMES = list(CATALOGUE)
+_NAME_ID = {name: i for i, name in enumerate(_NAMES)}
+_TYPICAL = np.array([CATALOGUE[name].typical for name in CATALOGUE], dtype=np.float64)
+
+
+def _with_warnings(jobs: list[Job]) -> list[Job]:
+    """The jobs with their warnings: atypical values (the first message of a variable and
+    how many more), variables the model does not use, a series longer than its window.
+    The row checks run once over all the jobs' rows; the rare rows they flag are worded
+    one by one."""
+    if not jobs:
+        return jobs
+    lengths = [len(job.code) for job in jobs]
+    starts = np.cumsum([0, *lengths[:-1]])
+    names = list(chain.from_iterable(job.names for job in jobs))
+    name_start = np.cumsum([0, *(len(job.names) for job in jobs)])[:-1]
+    name_ids = np.fromiter(map(_NAME_ID.__getitem__, names), np.int64, len(names))
+    row_ids = name_ids[np.concatenate([job.code for job in jobs])
+                       + np.repeat(name_start, lengths)]
+    values = np.concatenate([job.values for job in jobs])
+    hours = np.concatenate([job.hours for job in jobs])
+    typical = _TYPICAL[row_ids]
+    atypical: list[dict[str, tuple[str, int]]] = [{} for _ in jobs]  # request order
+    flagged = np.flatnonzero((values < typical[:, 0]) | (values > typical[:, 1]))
+    patient_of = np.searchsorted(starts, flagged, side="right") - 1
+    for i, j in zip(flagged.tolist(), patient_of.tolist(), strict=True):
+        name = _NAMES[row_ids[i]]
         _, message = check_value(name, float(values[i]))
         if message is not None:
-            first, count = atypical.get(name, (message, 0))
-            atypical[name] = (first, count + 1)
+            first, count = atypical[j].get(name, (message, 0))
+            atypical[j][name] = (first, count + 1)
+    # The latest hour of a variable each job's model uses: the window ends in its bin.
+    uses: dict[int, np.ndarray] = {}  # per checkpoint: whether its model reads each name
+    for job in jobs:
+        if id(job.ckpt) not in uses:
+            uses[id(job.ckpt)] = np.isin(np.arange(len(_NAMES)), [
+                _NAME_ID[f] for f in job.ckpt.normalizer.features])
+    used = np.concatenate([uses[id(job.ckpt)][row_ids[s:s + k]]
+                           for job, s, k in zip(jobs, starts.tolist(), lengths, strict=True)])
+    latest = np.maximum.reduceat(np.where(used, hours, -np.inf), starts)
+    out = []
+    for job, found, last_hour in zip(jobs, atypical, latest.tolist(), strict=True):
+        out.append(replace(job, warnings=tuple(_job_warnings(job, found, last_hour))))
+    return out
+
+
+def _job_warnings(job: Job, atypical: dict[str, tuple[str, int]], last_hour: float
+                  ) -> list[str]:
+    request, ckpt = job.request, job.ckpt
     if request.static is not None:
         for name, value in request.static.numeric().items():
             if isinstance(value, float):
                 _, message = check_value(name, value)
                 if message is not None:
                     atypical[name] = (message, 1)
-    for first, count in atypical.values():
-        out.append(first if count == 1 else f"{first} (and {count - 1} more such values)")
+    out = [first if count == 1 else f"{first} (and {count - 1} more such values)"
+           for first, count in atypical.values()]
     features = set(ckpt.normalizer.features)
     unused = sorted(name for name in job.names
                     if CATALOGUE[name].kind == "measurement" and name not in features)
     if unused:
         out.append(f"model {ckpt.name!r} does not use: {', '.join(unused)} (ignored)")
     step, n_steps = ckpt.grid.step_hours, ckpt.grid.n_steps
-    used = np.array([name in features for name in job.names])
-    last_bin = int(math.floor(hours[used[job.code]].max() / step))
+    last_bin = int(math.floor(last_hour / step))
     if last_bin + 1 > n_steps:
         seen_from = (last_bin + 1 - n_steps) * step
         out.append(f"the series spans more than the model's {n_steps * step:g} h window: "
@@ -251,10 +308,6 @@ def _tensorise(group: Sequence[Job]) -> Tensors:
         np.concatenate([j.values for j in group]),
         [j.request.static.numeric() if j.request.static else {} for j in group],
         ckpt.normalizer, ckpt.grid)
-
-
-# A fixed number per catalogue name: cache keys must not depend on the order of the rows.
-_NAME_ID = {name: i for i, name in enumerate(CATALOGUE)}
 
 
 def _key(job: Job) -> Key:

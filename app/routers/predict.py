@@ -21,7 +21,7 @@ from app.schemas import (
     PredictResponse,
 )
 from app.security import UserKey
-from app.service import Answer, Job, prepare
+from app.service import Answer, Job, prepare, prepare_batch
 
 __all__ = ["router"]
 
@@ -95,13 +95,8 @@ async def predict_batch(
     if len(batch.patients) > settings.max_batch:
         raise InvalidRequest(f"patients: {len(batch.patients)} patients exceed the limit of "
                              f"{settings.max_batch} per batch")
-    jobs = []
-    for i, request in enumerate(batch.patients):
-        try:
-            jobs.append(prepare(request, registry.get(request.model), settings.max_observations,
-                                contributions))
-        except ServiceError as e:
-            raise e.in_batch(i) from None
+    jobs = prepare_batch(batch.patients, lambda request: registry.get(request.model),
+                         settings.max_observations, contributions)
     return _json({"results": await _score(jobs, batcher, metrics)})
 
 
