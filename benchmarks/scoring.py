@@ -32,6 +32,7 @@ endpoint: >= 0.5). torch runs with `--threads` intra-op threads (the server's de
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -88,6 +89,8 @@ def main() -> None:
 
     obs, patients = synthetic_cohort(args.patients, args.seed)
     n = patients["patient_id"].nunique()
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on "
+          f"{os.cpu_count()} cores")
     print(f"cohort: {n:,} synthetic patients, {len(obs):,} observations "
           f"({len(obs) / n:.0f} per patient); batches of {args.batch}; "
           f"{args.threads} torch thread(s)")
@@ -175,6 +178,7 @@ def main() -> None:
               f"{scored:,} patients, {size / 1e6:.0f} MB of JSON in)  ratio to raw "
               f"{ratio:.2f} (target >= 0.5: {'PASS' if ratio >= 0.5 else 'FAIL'})"
               f"; server RSS {rss:.0f} MiB")
+        print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end")
 
 if __name__ == "__main__":
     main()
