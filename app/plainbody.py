@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from itertools import chain
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 import numpy as np
@@ -36,14 +36,21 @@ from msgspec import UNSET, UnsetType
 from app.jsonbody import has_long_number
 from app.schemas import POSSIBLE, ObservationRows
 from app.timebase import MAX_HOURS
-from models.features import factorize
 
 __all__ = ["decode_plain_batch"]
+
+_NAMES = list(POSSIBLE)  # every variable an observation may name: measurements, interventions
+_CODE = {name: i for i, name in enumerate(_NAMES)}
+_BOUNDS = np.array([POSSIBLE[name] for name in _NAMES], dtype=np.float64)
+if TYPE_CHECKING:
+    _Variable = str
+else:  # msgspec checks the name in C and gives the catalogue's own string (hash cached)
+    _Variable = Literal[tuple(_NAMES)]
 
 
 class _Row(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     time: float  # msgspec's float takes JSON integers and floats, not true/false or strings
-    variable: str
+    variable: _Variable
     value: float
 
 
@@ -120,22 +127,26 @@ def decode_plain_batch(body: bytes) -> dict[str, Any] | None:
 def _columns(rows: list[_Row], counts: list[int]) -> list[ObservationRows] | None:
     """Each patient's rows as columns when every row of the batch is plain, else None.
 
-    The checks of `schemas._plain_columns`, once over the whole batch."""
-    n = len(rows)
+    The checks of `schemas._plain_columns` (the decoder has checked types and names), once
+    over the whole batch; each patient's distinct names in order of first appearance."""
+    n, n_patients = len(rows), len(counts)
     variables = list(map(_VARIABLE, rows))
-    names, code = factorize(variables)
-    if not all(name in POSSIBLE for name in names):
-        return None
+    code = np.fromiter(map(_CODE.__getitem__, variables), np.int64, n)
     hours = np.fromiter(map(_TIME, rows), np.float64, n)
     values = np.fromiter(map(_VALUE, rows), np.float64, n)
-    bounds = np.array([POSSIBLE[name] for name in names], dtype=np.float64)[code]
+    bounds = _BOUNDS[code]
     if not ((hours >= 0) & (hours <= MAX_HOURS) & (values >= bounds[:, 0])
             & (values <= bounds[:, 1])).all():
         return None
-    out, start = [], 0
-    for count in counts:
-        end = start + count
-        own_names, own_code = factorize(variables[start:end])
-        out.append(ObservationRows(own_names, own_code, values[start:end], hours[start:end]))
-        start = end
-    return out
+    ends = np.cumsum(counts).tolist()
+    starts = [end - count for end, count in zip(ends, counts, strict=True)]
+    names = [list(dict.fromkeys(variables[s:e])) for s, e in zip(starts, ends, strict=True)]
+    # position[patient, catalogue code] = the name's position among the patient's names
+    sizes = list(map(len, names))
+    position = np.zeros((n_patients, len(_NAMES)), dtype=np.int64)
+    position[np.repeat(np.arange(n_patients), sizes),
+             np.fromiter(map(_CODE.__getitem__, chain.from_iterable(names)), np.int64,
+                         sum(sizes))] = np.concatenate([np.arange(k) for k in sizes])
+    own = position[np.repeat(np.arange(n_patients), counts), code]
+    return [ObservationRows(own_names, own[s:e], values[s:e], hours[s:e])
+            for own_names, s, e in zip(names, starts, ends, strict=True)]
