@@ -108,3 +108,7 @@ def test_server_logs_of_a_full_request_cycle_hold_no_keys_ids_or_values(
     # raw path and query — stays off even when the command line asks for it
     assert "Application startup complete" in log
     assert 'HTTP/1.1"' not in log
+    if how == "python -m app":  # every line a JSON object, uvicorn's first ones included
+        plain = [x for x in log.splitlines() if x.strip() and not x.startswith("{")]
+        assert not plain, plain[:5]
+        assert any(x.get("msg", "").startswith("Started server process") for x in lines)
