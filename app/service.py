@@ -93,7 +93,7 @@ def _checked(request: PredictRequest, ckpt: Checkpoint, max_observations: int,
                              f"{max_observations} per patient")
     if ckpt.task not in ("risk", "effect"):  # an effect checkpoint carries a risk model too
         raise InvalidRequest(f"model {ckpt.name!r} is a {ckpt.task} model; /v1/predict needs "
-                             "a risk model")
+                             "a risk model (or a what-if model, which carries one)")
     names = observations.names
     if set(ckpt.normalizer.features).isdisjoint(names):
         raise InvalidRequest(

@@ -206,9 +206,9 @@ async def version_ready(name: str, version: str, registry: RegistryDep,
 
 def _infer(body: InferRequest, ckpt: Checkpoint, max_batch: int) -> tuple[dict[str, Any], int]:
     """Decode, score, encode: blocking (numpy, torch), run in a worker thread."""
-    if ckpt.task != "risk":
+    if ckpt.task not in ("risk", "effect"):  # as /v1/predict: an effect checkpoint
         raise OIPError(400, f"model {ckpt.name!r} is a {ckpt.task} model; inference here "
-                       "needs a risk model")
+                       "needs a risk model (or a what-if model, which carries one)")
     tensors = decode_inputs(body, ckpt, max_batch)
     predictions: list[Prediction] = score_tensors(ckpt, tensors)
     risk = np.array([p.probability for p in predictions])

@@ -17,6 +17,7 @@ from app.main import create_app
 from models.checkpoint import Checkpoint
 from models.features import Tensors, tensorise
 from tests.app.support import USER, make_checkpoint, request_body, settings_for
+from tests.app.test_whatif import make_effect_checkpoint
 
 
 def checkpoint(client: TestClient, name: str = "default") -> Checkpoint:
@@ -252,3 +253,16 @@ def test_any_corrupted_request_gets_a_200_or_a_400(client: TestClient, where: tu
     assert r.status_code in (200, 400), r.text
     if r.status_code == 400:
         assert set(r.json()) == {"error"}
+
+
+def test_a_what_if_checkpoint_such_as_scripts_serve_trains_is_served_as_by_v1(
+        tmp_path: Path) -> None:
+    """scripts/serve's default model is an effect checkpoint: /v2 infers with its risk model
+    as /v1/predict does, instead of refusing it while /v2 ready says ready."""
+    make_effect_checkpoint(tmp_path, "default")
+    with TestClient(create_app(settings_for(tmp_path))) as served:
+        assert served.get("/v2/models/default/ready", headers=USER).status_code == 200
+        v1 = served.post("/v1/predict", json=request_body(), headers=USER)
+        assert v1.status_code == 200, v1.text
+        out = infer(served, infer_body(tensors_of(checkpoint(served), [request_body()])))
+    assert outputs(out)["risk"][0] == pytest.approx(v1.json()["risk"]["probability"], abs=1e-6)
