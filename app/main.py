@@ -83,18 +83,18 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
 def _install_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        metrics.errors.labels(exc.kind).inc()
+        metrics.count_error(exc.kind, request.scope)
         return _error(exc.status, exc.kind, exc.message, index=exc.index)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        metrics.errors.labels("invalid_request").inc()
+        metrics.count_error("invalid_request", request.scope)
         return _validation_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        metrics.errors.labels(kind).inc()
+        metrics.count_error(kind, request.scope)
         return _error(exc.status_code, kind, str(exc.detail))
 
 
@@ -124,7 +124,7 @@ class _CatchAll:
             request_id = scope.get("state", {}).get("request_id", "")
             logger.error("unhandled error", extra={
                 "request_id": request_id, "exception": type(exc).__name__, "where": where})
-            self.metrics.errors.labels("internal").inc()
+            self.metrics.count_error("internal", scope)
             if not started:
                 body = error_body("internal", f"internal error (request id {request_id})")
                 await send({"type": "http.response.start", "status": 500,

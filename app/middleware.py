@@ -62,9 +62,13 @@ class RequestContextMiddleware:
             label = str(getattr(route, "path", "unmatched"))
             self.metrics.requests.labels(scope["method"], label, str(status)).inc()
             self.metrics.latency.labels(label).observe(elapsed)
-            logger.info("request", extra={
+            fields: dict[str, object] = {
                 "request_id": request_id, "method": scope["method"], "route": label,
-                "status": status, "latency_ms": round(elapsed * 1000, 2)})
+                "status": status, "latency_ms": round(elapsed * 1000, 2)}
+            kind = scope["state"].get("error_kind")
+            if kind is not None:
+                fields["error_kind"] = kind
+            logger.info("request", extra=fields)
 
 
 class BodyLimitMiddleware:
@@ -76,8 +80,8 @@ class BodyLimitMiddleware:
         self.limit = limit
         self.metrics = metrics
 
-    async def _refuse(self, send: Send) -> None:
-        self.metrics.errors.labels(BodyTooLarge.kind).inc()
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        self.metrics.count_error(BodyTooLarge.kind, scope)
         body = error_body(BodyTooLarge.kind,
                           f"request body exceeds the limit of {self.limit} bytes")
         await send({"type": "http.response.start", "status": BodyTooLarge.status,
@@ -92,7 +96,7 @@ class BodyLimitMiddleware:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await self._refuse(send)
+            await self._refuse(scope, send)
             return
         chunks: list[bytes] = []
         size = 0
@@ -104,7 +108,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
-                await self._refuse(send)
+                await self._refuse(scope, send)
                 return
             chunks.append(chunk)
             more = bool(message.get("more_body", False))

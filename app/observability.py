@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import orjson
@@ -83,3 +84,9 @@ class Metrics:
         self.load_failures = Counter(
             "vitalcast_model_load_failures_total", "checkpoints that failed to load",
             registry=self.registry)
+
+    def count_error(self, kind: str, scope: MutableMapping[str, Any]) -> None:
+        """Count an error answer by kind, and mark the request's scope with it so that the
+        request's log line says why it failed (`error_kind`)."""
+        self.errors.labels(kind).inc()
+        scope.setdefault("state", {})["error_kind"] = kind

@@ -79,6 +79,9 @@ def test_a_full_request_cycle_logs_no_patient_data_or_keys(
     lines = [json.loads(line) for line in captured]
     requests = [x for x in lines if x["msg"] == "request"]
     assert [x["status"] for x in requests] == [200, 422, 422, 401, 200, 500]
+    # an operator sees why a request failed, by kind, not by message
+    assert [x.get("error_kind") for x in requests] == [
+        None, "invalid_request", "invalid_request", "unauthorized", None, "internal"]
     assert all({"request_id", "route", "status", "latency_ms", "ts", "level"} <= set(x)
                for x in requests)
     assert requests[0]["route"] == "/v1/predict"
