@@ -111,7 +111,7 @@ class _OIPRoute(StrictJsonRoute):
                 status, kind, message = e.status, "invalid_request", e.message
             except ServiceError as e:  # 401 from the key check, 404/503 from the registry
                 status, kind, message = e.status, e.kind, e.message
-            request.app.state.metrics.errors.labels(kind).inc()
+            request.app.state.metrics.count_error(kind, request.scope)
             return JSONResponse({"error": message}, status_code=status)
 
         return route
