@@ -16,6 +16,7 @@ __all__ = [
     "ServiceError",
     "Unauthorized",
     "UnknownModel",
+    "UnsupportedMediaType",
 ]
 
 
@@ -76,6 +77,13 @@ class BodyTooLarge(ServiceError):
 
     status = 413
     kind = "body_too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    """A body sent as something other than JSON (form data, plain text, no type) (415)."""
+
+    status = 415
+    kind = "unsupported_media_type"
 
 
 class ModelFailure(ServiceError):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Coroutine
+from email.message import Message
 from typing import Any
 
 import orjson
@@ -24,7 +25,10 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from starlette.types import Receive, Scope
 
-__all__ = ["StrictJsonRequest", "StrictJsonRoute", "has_long_number", "parse_json"]
+from app.errors import UnsupportedMediaType
+
+__all__ = ["StrictJsonRequest", "StrictJsonRoute", "check_json_content_type", "has_long_number",
+           "parse_json"]
 
 # 19 digits in a row may be an integer beyond int64, which orjson reads as a float where
 # the standard library keeps the exact int (or refuses it as too long): the slow path.
@@ -103,6 +107,22 @@ def parse_json(body: bytes) -> Any:
         raise json.JSONDecodeError(reason, "", 0) from None
 
 
+def check_json_content_type(content_type: str | None) -> None:
+    """Refuse (415) a body that does not say it is JSON: `application/json` or any
+    `application/*+json` (FHIR's `application/fhir+json`). FastAPI would hand such a body
+    to validation as bytes, and the client would read "Input should be a valid dictionary"
+    about a body that may well be valid JSON sent with curl's default form type."""
+    media = Message()
+    media["content-type"] = content_type or ""
+    subtype = media.get_content_subtype()
+    if media.get_content_maintype() == "application" and (subtype == "json"
+                                                          or subtype.endswith("+json")):
+        return
+    sent = f"Content-Type {content_type[:64]!r}" if content_type else "no Content-Type"
+    raise UnsupportedMediaType(f"body sent with {sent}: send it as JSON with the header "
+                               "'Content-Type: application/json'")
+
+
 FastBody = Callable[[bytes], Any | None]
 
 
@@ -137,7 +157,12 @@ class StrictJsonRoute(APIRoute):
         handler = super().get_route_handler()
         fast = self.fast_body if type(self).fast_body is not StrictJsonRoute.fast_body else None
 
+        takes_body = self.body_field is not None
+
         async def route(request: Request) -> Response:
-            return await handler(StrictJsonRequest(request.scope, request.receive, fast))
+            strict = StrictJsonRequest(request.scope, request.receive, fast)
+            if takes_body and await strict.body():  # no body: FastAPI says it is missing
+                check_json_content_type(request.headers.get("content-type"))
+            return await handler(strict)
 
         return route

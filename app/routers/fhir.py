@@ -30,6 +30,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (401, "missing or unknown API key"),
         (404, "unknown model"),
         (413, "body over VITALCAST_MAX_BODY_BYTES"),
+        (415, "body not sent as JSON: send 'Content-Type: application/json' (or "
+              "application/fhir+json)"),
         (422, "the message names the Bundle entry and the problem: unknown LOINC code, "
               "unit without a conversion, missing value or time, impossible value"),
         (503, "no model loaded"),

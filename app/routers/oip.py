@@ -3,7 +3,7 @@
 Health and server metadata are open, like /healthz; model metadata, model readiness and
 inference need the /v1 Bearer key (they reveal and use a clinical model; OIP clients such
 as tritonclient and KServe's send custom headers). Every error, including a missing key and
-a malformed body, is `{"error": "<message>"}` with 400, 401, 404 or 503, as the protocol
+a malformed body, is `{"error": "<message>"}` with 400, 401, 404, 415 or 503, as the protocol
 says, rather than the /v1 error object.
 """
 
@@ -126,6 +126,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (404, "unknown model or version"),
     )
 }
+_INFER_ERRORS = {**_ERRORS, 415: {"model": OIPErrorBody, "description": "body not sent as "
+                                  "JSON: send 'Content-Type: application/json'"}}
 
 
 def _served(registry: ModelRegistry, name: str, version: str | None) -> Checkpoint:
@@ -225,7 +227,7 @@ async def _run(body: InferRequest, name: str, version: str | None, registry: Mod
     return InferResponse.model_validate(out)
 
 
-@router.post("/models/{name}/infer", response_model=InferResponse, responses=_ERRORS,
+@router.post("/models/{name}/infer", response_model=InferResponse, responses=_INFER_ERRORS,
              summary="Inference on tensorised stays: risk, los, attention",
              description=oip.__doc__ or "")
 async def infer(name: str, body: InferRequest, registry: RegistryDep, settings: SettingsDep,
@@ -234,7 +236,7 @@ async def infer(name: str, body: InferRequest, registry: RegistryDep, settings: 
 
 
 @router.post("/models/{name}/versions/{version}/infer", response_model=InferResponse,
-             responses=_ERRORS, summary="Inference with one model version",
+             responses=_INFER_ERRORS, summary="Inference with one model version",
              description=oip.__doc__ or "")
 async def version_infer(name: str, version: str, body: InferRequest, registry: RegistryDep,
                         settings: SettingsDep, metrics: MetricsDep,

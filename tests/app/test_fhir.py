@@ -347,3 +347,10 @@ def test_any_corrupted_bundle_gets_a_200_or_a_4xx(client: TestClient, where: tup
     assert r.status_code in (200, 404, 422), r.text
     if r.status_code != 200:
         assert r.json()["error"]["message"]
+
+
+def test_a_bundle_sent_as_plain_text_is_a_415_naming_the_json_types(client: TestClient) -> None:
+    r = client.post("/v1/predict/fhir", content=json.dumps(bundle()),
+                    headers={**USER, "Content-Type": "text/plain"})
+    assert r.status_code == 415, r.text
+    assert "'Content-Type: application/json'" in r.json()["error"]["message"]

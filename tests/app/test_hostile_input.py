@@ -130,12 +130,36 @@ def test_duplicate_key_in_a_batch_is_refused(client: TestClient) -> None:
     ("multipart/form-data; boundary=x", "--x\r\nContent-Disposition: form-data; name=a\r\n\r\n1"
                                         "\r\n--x--\r\n"),
 ])
-def test_wrong_content_type_is_a_4xx(client: TestClient, content_type: str,
-                                     body: str | None) -> None:
+def test_wrong_content_type_is_a_415_that_says_to_send_json(client: TestClient,
+                                                            content_type: str,
+                                                            body: str | None) -> None:
     r = post(client, text() if body is None else body,
              headers={**USER, "Content-Type": content_type})
-    assert r.status_code in (415, 422), r.text
-    assert r.json()["error"]["kind"] == "invalid_request"
+    assert r.status_code == 415, r.text
+    assert r.json()["error"]["kind"] == "unsupported_media_type"
+    assert f"body sent with Content-Type {content_type!r}" in message(r)
+    assert "'Content-Type: application/json'" in message(r)
+
+
+def test_curl_data_without_a_content_type_header_is_told_to_send_one(
+        client: TestClient) -> None:
+    """`curl --data @request.json` sends application/x-www-form-urlencoded; a body with no
+    Content-Type at all is refused alike, on /v1 and, in its own error shape, on /v2."""
+    form = {**USER, "Content-Type": "application/x-www-form-urlencoded"}
+    for headers in (form, USER):
+        r = post(client, text(), headers=headers)
+        assert r.status_code == 415 and "application/json" in message(r), r.text
+        r = post(client, '{"inputs": []}', headers=headers, path="/v2/models/default/infer")
+        assert r.status_code == 415, r.text
+        assert set(r.json()) == {"error"} and "'Content-Type: application/json'" in \
+            r.json()["error"]
+
+
+def test_json_media_types_are_all_accepted(client: TestClient) -> None:
+    for content_type in ("application/json", "application/json; charset=utf-8",
+                         "application/fhir+json"):
+        assert post(client, text(), headers={**USER, "Content-Type": content_type}
+                    ).status_code == 200, content_type
 
 
 def test_empty_and_non_object_bodies_are_422(client: TestClient) -> None:
