@@ -3,8 +3,9 @@
 
 A plan is validated before torch runs, like an observation: each row an intervention of
 the catalogue (a measurement or an unknown name is refused, naming it) with a possible
-dose (outside the catalogue's possible range: refused, naming the value and the unit), in
-the request's own kind of time, at or after the last observation. A plan says everything
+dose (outside the catalogue's possible range: refused, naming the value and the unit; a
+state such as mech_vent is 0 or 1), in the request's own kind of time, at or after the last
+observation, at most one row per intervention and time. A plan says everything
 given from the decision on: an empty plan is "no further intervention", and a vasopressor
 or ventilation running in the history stops at the decision unless the plan continues it.
 """
@@ -18,7 +19,7 @@ from typing import Annotated
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.timebase import MAX_HOURS, Timebase, parse_time
-from models.catalogue import CATALOGUE, INTERVENTIONS, check_value
+from models.catalogue import CATALOGUE, INTERVENTIONS
 
 __all__ = [
     "MAX_PLANS",
@@ -81,10 +82,28 @@ class PlanStep(BaseModel):
 
     @model_validator(mode="after")
     def _possible(self) -> PlanStep:
-        ok, message = check_value(self.variable, self.value)
-        if not ok:
-            raise ValueError(f"impossible dose: {message}")
+        """A dose, rate or state the catalogue allows; a state is off (0) or on (1), as the
+        grid carries it forward: 0.5 of a ventilator is no plan anyone can give."""
+        var = CATALOGUE[self.variable]
+        lo, hi = var.possible
+        where = f"{self.variable} at {_when(self.time)}"
+        if var.mode == "state" and self.value not in (0, 1):
+            raise ValueError(f"{where}: state {self.value:g} is impossible: {self.variable} is "
+                             "0 (off) or 1 (on)")
+        if not lo <= self.value <= hi:
+            what = "rate" if var.mode == "rate" else "dose"
+            raise ValueError(f"{where}: {what} {self.value:g} is impossible (expected "
+                             f"{lo:g}-{hi:g} {_unit(var.unit)})")
         return self
+
+
+def _when(time: float | datetime) -> str:
+    return time.isoformat() if isinstance(time, datetime) else f"hour {time:g}"
+
+
+def _unit(ucum: str) -> str:
+    """A unit as a person reads it: UCUM's annotation "{dose}" is "doses"."""
+    return f"{ucum.strip('{}')}s" if ucum.startswith("{") else ucum
 
 
 class WhatIfPlan(BaseModel):
@@ -95,7 +114,23 @@ class WhatIfPlan(BaseModel):
     label: str = Field(min_length=1, max_length=128, examples=["antibiotics now"])
     interventions: list[PlanStep] = Field(
         default_factory=list, max_length=MAX_PLAN_ROWS,
-        description="everything given from the decision on (empty: no further intervention)")
+        description="everything given from the decision on (empty: no further intervention); "
+                    "one row per intervention and time")
+
+    @field_validator("interventions")
+    @classmethod
+    def _one_row_per_time(cls, steps: list[PlanStep]) -> list[PlanStep]:
+        """Two rows of one intervention at one time (vasopressor 0.1 and 0.3 at hour 12)
+        are ambiguous: the grid would keep one of them without saying which."""
+        seen: dict[tuple[str, float | datetime], int] = {}
+        for j, step in enumerate(steps):
+            first = seen.setdefault((step.variable, step.time), j)
+            if first != j:
+                raise ValueError(
+                    f"rows {first} and {j} both set {step.variable} at "
+                    f"{_when(step.time)} ({steps[first].value:g} and {step.value:g}): which is "
+                    "meant is ambiguous; send one row per intervention and time")
+        return steps
 
 
 def check_plan_times(plans: Sequence[WhatIfPlan], times: Sequence[float | datetime],

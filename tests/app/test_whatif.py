@@ -197,10 +197,20 @@ def test_batch_requests_carry_what_if_per_patient(client: TestClient) -> None:
      "heart_rate is a measurement, not an intervention"),
     ({"label": "x", "interventions": [{"time": 12.0, "variable": "vasopressor",
                                        "value": 50}]},
-     "impossible dose: vasopressor 50 is impossible"),
+     "vasopressor at hour 12: rate 50 is impossible (expected 0-5 ug/kg/min)"),
     ({"label": "x", "interventions": [{"time": 12.0, "variable": "antibiotics",
                                        "value": -1}]},
-     "impossible dose: antibiotics -1"),
+     "what_if[0].interventions[0]: antibiotics at hour 12: dose -1 is impossible (expected "
+     "0-1 doses)"),
+    ({"label": "x", "interventions": [{"time": 12.0, "variable": "mech_vent",
+                                       "value": 0.5}]},
+     "mech_vent at hour 12: state 0.5 is impossible: mech_vent is 0 (off) or 1 (on)"),
+    ({"label": "x", "interventions": [
+        {"time": 12.0, "variable": "vasopressor", "value": 0.1},
+        {"time": 12.0, "variable": "antibiotics", "value": 1},
+        {"time": 12.0, "variable": "vasopressor", "value": 0.3}]},
+     "what_if[0].interventions: rows 0 and 2 both set vasopressor at hour 12 (0.1 and 0.3): "
+     "which is meant is ambiguous"),
     ({"label": "x", "interventions": [{"time": "2026-11-22T20:00:00+01:00",
                                        "variable": "antibiotics", "value": 1}]},
      "observations use hours"),
