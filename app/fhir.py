@@ -241,6 +241,7 @@ class _Reader:
     birth_date: str | None = None
     gender: str | None = None
     admitted_at: str | None = None
+    encounter: str = "Encounter"  # the entry admitted_at came from
     basis: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     used: int = 0  # values read so far, observations and statics
@@ -256,7 +257,8 @@ class _Reader:
         elif kind == "Encounter":
             period = resource.get("period")
             if isinstance(period, Mapping) and isinstance(period.get("start"), str):
-                self.admitted_at = period["start"]
+                _moment(period["start"], where, "Encounter.period.start")
+                self.admitted_at, self.encounter = period["start"], where
         else:
             self.warnings.append(f"{where}: {str(kind)[:40]} resource skipped")
 
@@ -396,9 +398,15 @@ def bundle_to_request(bundle: object, model: str | None = None) -> FhirRequest:
         static["sex"] = reader.gender
     times = [_moment(o["time"], where) for o, where in zip(reader.observations, reader.origins,
                                                           strict=True)]
+    start = (_moment(reader.admitted_at, reader.encounter, "Encounter.period.start")
+             if reader.admitted_at else min(times))
+    for time, observation, where in zip(times, reader.observations, reader.origins,
+                                        strict=True):
+        if time < start:
+            raise _fail(where, f"effectiveDateTime {observation['time'][:40]} is before "
+                        f"Encounter.period.start {reader.admitted_at} ({reader.encounter}): "
+                        "every observation scored is of this encounter")
     if reader.birth_date is not None and "age" not in static:
-        start = (_moment(reader.admitted_at, "Encounter", "period.start")
-                 if reader.admitted_at else min(times))
         static["age"] = _age(reader.birth_date, start, "Patient")
     latest: str = reader.observations[max(range(len(times)), key=times.__getitem__)]["time"]
     payload: dict[str, Any] = {

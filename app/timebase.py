@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Literal
 
 __all__ = ["MAX_HOURS", "TimeKind", "Timebase", "parse_time"]
@@ -54,6 +54,11 @@ def parse_time(value: object, what: str = "time") -> float | datetime:
             ) from None
     else:
         raise ValueError(f"{what} must be hours (a number) or an ISO-8601 date-time")
+    if isinstance(value, str) and _is_date_alone(value):
+        raise ValueError(
+            f"{what} {value[:40]!r} is a date alone, which does not say when in the day: "
+            f"send a date-time with UTC offset, e.g. {moment.replace(tzinfo=UTC).isoformat()}"
+        )
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError(
             f"{what} {moment.isoformat()} has no UTC offset; add one, e.g. "
@@ -63,6 +68,16 @@ def parse_time(value: object, what: str = "time") -> float | datetime:
         raise ValueError(
             f"{what} {moment.isoformat()} is outside the years {_YEARS[0]}-{_YEARS[1]}")
     return moment
+
+
+def _is_date_alone(text: str) -> bool:
+    """"2026-11-20" (FHIR allows a date where a dateTime goes), which datetime reads as
+    midnight without an offset."""
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

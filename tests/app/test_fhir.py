@@ -254,6 +254,26 @@ def test_encounter_start_is_hour_zero(client: TestClient) -> None:
     assert out["explanation"]["attention"][0]["start"] == "2026-11-22T08:00:00+01:00"
 
 
+def test_an_observation_before_the_encounter_start_names_its_entry(client: TestClient) -> None:
+    encounter = {"resource": {"resourceType": "Encounter", "id": "e1",
+                              "period": {"start": "2026-11-22T09:00:00+01:00"}}}
+    message = error(client, bundle(extra=[encounter]))
+    assert message.startswith("entry[1]: effectiveDateTime 2026-11-22T08:30:00+01:00 is before "
+                              "Encounter.period.start 2026-11-22T09:00:00+01:00 (entry[11])")
+    assert "observations[" not in message and "admitted_at" not in message
+
+
+def test_a_date_without_a_time_of_day_asks_for_a_date_time(client: TestClient) -> None:
+    body = bundle()
+    body["entry"][3]["resource"]["effectiveDateTime"] = "2026-11-20"
+    message = error(client, body)
+    assert message.startswith("entry[3]: effectiveDateTime '2026-11-20' is a date alone")
+    assert "send a date-time with UTC offset" in message and "T00:00:00 has" not in message
+    encounter = {"resource": {"resourceType": "Encounter", "period": {"start": "2026-11-22"}}}
+    assert error(client, bundle(extra=[encounter])).startswith(
+        "entry[11]: Encounter.period.start '2026-11-22' is a date alone")
+
+
 def test_censored_values_are_scored_at_their_bound_with_a_warning(client: TestClient) -> None:
     low = obs("x", "1975-2", T1, 0.2, "mg/dL", "laboratory")
     low["resource"]["valueQuantity"]["comparator"] = "<"

@@ -42,6 +42,8 @@ CASES = [
     ("mixed time kinds", [obs(time=1.0), obs(time="2026-01-01T00:00:00+00:00")],
      ["mix hours and ISO-8601"]),
     ("naive date-time", [obs(time="2026-01-01T00:00:00")], ["has no UTC offset"]),
+    ("date alone", [obs(time="2026-01-01")],
+     ["observations[0].time", "'2026-01-01' is a date alone", "date-time with UTC offset"]),
     ("not a time", [obs(time="yesterday")], ["'yesterday' is neither hours"]),
     ("numeric string time", [obs(time="2.5")], ["neither hours"]),
     ("boolean time", [obs(time=True)], ["observations[0].time", "must be hours"]),
