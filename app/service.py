@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from itertools import chain
+from itertools import chain, compress
 from typing import Any
 
 import numpy as np
@@ -115,6 +115,15 @@ _NAME_ID = {name: i for i, name in enumerate(_NAMES)}
 _TYPICAL = np.array([CATALOGUE[name].typical for name in CATALOGUE], dtype=np.float64)
 
 
+def _row_name_ids(jobs: Sequence[Job], lengths: Sequence[int]) -> np.ndarray:
+    """(rows of all the jobs,) the catalogue number (`_NAME_ID`) of each row's variable."""
+    names = list(chain.from_iterable(job.names for job in jobs))
+    name_start = np.cumsum([0, *(len(job.names) for job in jobs)])[:-1]
+    name_ids = np.fromiter(map(_NAME_ID.__getitem__, names), np.int64, len(names))
+    return name_ids[np.concatenate([job.code for job in jobs])
+                    + np.repeat(name_start, lengths)]
+
+
 def _with_warnings(jobs: list[Job]) -> list[Job]:
     """The jobs with their warnings: atypical values (the first message of a variable and
     how many more), variables the model does not use, a series longer than its window.
@@ -124,23 +133,24 @@ def _with_warnings(jobs: list[Job]) -> list[Job]:
         return jobs
     lengths = [len(job.code) for job in jobs]
     starts = np.cumsum([0, *lengths[:-1]])
-    names = list(chain.from_iterable(job.names for job in jobs))
-    name_start = np.cumsum([0, *(len(job.names) for job in jobs)])[:-1]
-    name_ids = np.fromiter(map(_NAME_ID.__getitem__, names), np.int64, len(names))
-    row_ids = name_ids[np.concatenate([job.code for job in jobs])
-                       + np.repeat(name_start, lengths)]
+    row_ids = _row_name_ids(jobs, lengths)
     values = np.concatenate([job.values for job in jobs])
     hours = np.concatenate([job.hours for job in jobs])
     typical = _TYPICAL[row_ids]
     atypical: list[dict[str, tuple[str, int]]] = [{} for _ in jobs]  # request order
     flagged = np.flatnonzero((values < typical[:, 0]) | (values > typical[:, 1]))
+    # Worded once per patient and variable, at its first flagged row (rows and the
+    # patients' variables in request order), with the number of its flagged rows.
     patient_of = np.searchsorted(starts, flagged, side="right") - 1
-    for i, j in zip(flagged.tolist(), patient_of.tolist(), strict=True):
+    _, first, count = np.unique(patient_of * len(_NAMES) + row_ids[flagged],
+                                return_index=True, return_counts=True)
+    by_row = np.argsort(first)
+    for k, n_flagged in zip(first[by_row].tolist(), count[by_row].tolist(), strict=True):
+        i = int(flagged[k])
         name = _NAMES[row_ids[i]]
         _, message = check_value(name, float(values[i]))
         if message is not None:
-            first, count = atypical[j].get(name, (message, 0))
-            atypical[j][name] = (first, count + 1)
+            atypical[int(patient_of[k])][name] = (message, n_flagged)
     # The latest hour of a variable each job's model uses: the window ends in its bin.
     uses: dict[int, np.ndarray] = {}  # per checkpoint: whether its model reads each name
     for job in jobs:
@@ -181,33 +191,34 @@ def _job_warnings(job: Job, atypical: dict[str, tuple[str, int]], last_hour: flo
     return out
 
 
-_NEWS2_INDEX = {name: i for i, name in enumerate(NEWS2_PARAMETERS)}
+# NEWS2 parameter of each catalogue variable by its number (-1: none).
+_NEWS2_OF = np.array([NEWS2_PARAMETERS.index(name) if name in NEWS2_PARAMETERS else -1
+                      for name in _NAMES], dtype=np.int64)
 
 
 def _news2(jobs: Sequence[Job]) -> list[Mapping[str, object]]:
     """NEWS2 of every job from the latest value of each parameter (of rows at the same
-    time, the later one), in one vectorised pass over all the jobs' rows."""
-    param = np.concatenate([np.array([_NEWS2_INDEX.get(name, -1) for name in job.names],
-                                     dtype=np.int64)[job.code] for job in jobs])
-    keep = param >= 0
-    patient = np.repeat(np.arange(len(jobs)), [len(job.hours) for job in jobs])[keep]
+    time, the later one), in one vectorised pass over all the jobs' rows: per (patient,
+    parameter) cell the latest hour, then the last row at that hour; no sort."""
+    lengths = [len(job.code) for job in jobs]
+    param = _NEWS2_OF[_row_name_ids(jobs, lengths)]
+    keep = np.flatnonzero(param >= 0)
+    n_params = len(NEWS2_PARAMETERS)
+    cell = np.repeat(np.arange(len(jobs)), lengths)[keep] * n_params + param[keep]
     hours = np.concatenate([job.hours for job in jobs])[keep]
-    values = np.concatenate([job.values for job in jobs])[keep]
-    param = param[keep]
-    order = np.lexsort((hours, param, patient))  # stable: equal times keep request order
-    patient, param, values = patient[order], param[order], values[order]
-    last = np.r_[(patient[1:] != patient[:-1]) | (param[1:] != param[:-1]), True][:len(param)]
-    latest = np.full((len(jobs), len(NEWS2_PARAMETERS)), np.nan)
-    latest[patient[last], param[last]] = values[last]
+    latest_hour = np.full(len(jobs) * n_params, -np.inf)
+    np.maximum.at(latest_hour, cell, hours)
+    at_latest = np.flatnonzero(hours == latest_hour[cell])
+    row = np.full(len(jobs) * n_params, -1, dtype=np.int64)
+    np.maximum.at(row, cell[at_latest], at_latest)
+    values = np.append(np.concatenate([job.values for job in jobs])[keep], np.nan)
+    latest = values[row].reshape(len(jobs), n_params)  # row -1: the NaN appended
     table = {name: latest[:, i] for i, name in enumerate(NEWS2_PARAMETERS)}
-    points = {name: p.tolist() for name, p in news2_points(table).items()}
-    missing = {name: np.isnan(v).tolist() for name, v in table.items()}
-    out: list[Mapping[str, object]] = []
-    for j in range(len(jobs)):
-        parts = {name: points[name][j] for name in NEWS2_PARAMETERS}
-        out.append({"score": sum(parts.values()), "parts": parts,
-                    "missing": [name for name in NEWS2_PARAMETERS if missing[name][j]]})
-    return out
+    points = np.stack(list(news2_points(table).values()), axis=1).tolist()
+    missing = np.isnan(latest).tolist()
+    return [{"score": sum(parts), "parts": dict(zip(NEWS2_PARAMETERS, parts, strict=True)),
+             "missing": list(compress(NEWS2_PARAMETERS, absent))}
+            for parts, absent in zip(points, missing, strict=True)]
 
 
 def _explanation(job: Job, pred: Prediction) -> dict[str, object]:
