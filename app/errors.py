@@ -12,6 +12,7 @@ __all__ = [
     "Forbidden",
     "InvalidRequest",
     "ModelFailure",
+    "ModelUnavailable",
     "NoModelLoaded",
     "ServiceError",
     "Unauthorized",
@@ -56,6 +57,14 @@ class NoModelLoaded(ServiceError):
 
     status = 503
     kind = "no_model"
+
+
+class ModelUnavailable(ServiceError):
+    """The named model is on disk but its checkpoint failed to load (503): not unknown, and
+    not a client's mistake; an operator fixes the checkpoint and reloads."""
+
+    status = 503
+    kind = "model_unavailable"
 
 
 class Unauthorized(ServiceError):

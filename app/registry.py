@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from app.errors import NoModelLoaded, UnknownModel
+from app.errors import ModelUnavailable, NoModelLoaded, UnknownModel
 from models.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -59,12 +59,25 @@ class ModelRegistry:
     def ready(self) -> bool:
         return bool(self._models)
 
+    def check_not_failed(self, name: str) -> None:
+        """Raise ModelUnavailable (503) when `name` is not served because its checkpoint
+        failed to load in the last scan: the model exists, so "unknown model" (404) would
+        send the client looking for a typo while the operator has a checkpoint to fix."""
+        if name in self._models:
+            return
+        failure = next((f for f in self._failures if f.name == name), None)
+        if failure is not None:
+            raise ModelUnavailable(
+                f"model {name[:128]!r} failed to load: {failure.message}; fix or replace its "
+                "checkpoint, then POST /v1/models/reload (GET /v1/models lists load errors)")
+
     def get(self, name: str | None) -> Checkpoint:
         """The checkpoint serving `name` (the default model when None)."""
+        wanted = self.default_model if name is None else name
+        self.check_not_failed(wanted)
         models = self._models  # one read: the snapshot this request keeps
         if not models:
             raise NoModelLoaded(f"no model is loaded yet (model dir: {self.model_dir.name}/)")
-        wanted = self.default_model if name is None else name
         ckpt = models.get(wanted)
         if ckpt is None:
             if name is None:

@@ -34,7 +34,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
               "application/fhir+json)"),
         (422, "the message names the Bundle entry and the problem: unknown LOINC code, "
               "unit without a conversion, missing value or time, impossible value"),
-        (503, "no model loaded"),
+        (503, "no model loaded, or the model named failed to load (the message says why)"),
     )
 }
 _RISK_ASSESSMENT_SCHEMA: dict[str, Any] = {

@@ -65,8 +65,11 @@ async def reload_models(registry: RegistryDep, metrics: MetricsDep, _: AdminKey)
 
 
 @router.get("/{name}", response_model=ModelInfo, summary="One loaded model",
-            responses={**_AUTH, 404: {"model": ErrorResponse, "description": "unknown model"}})
+            responses={**_AUTH, 404: {"model": ErrorResponse, "description": "unknown model"},
+                       503: {"model": ErrorResponse, "description": "the model is on disk "
+                             "but failed to load: the message says why"}})
 async def get_model(name: str, registry: RegistryDep, _: UserKey) -> ModelInfo:
+    registry.check_not_failed(name)
     ckpt = registry.models.get(name)
     if ckpt is None:
         raise UnknownModel(f"unknown model {name[:128]!r}; loaded: "

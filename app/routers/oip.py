@@ -124,6 +124,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "malformed request: the message names the tensor and the problem"),
         (401, "missing or unknown API key"),
         (404, "unknown model or version"),
+        (503, "the model is on disk but failed to load: the message says why"),
     )
 }
 _INFER_ERRORS = {**_ERRORS, 415: {"model": OIPErrorBody, "description": "body not sent as "
@@ -131,6 +132,7 @@ _INFER_ERRORS = {**_ERRORS, 415: {"model": OIPErrorBody, "description": "body no
 
 
 def _served(registry: ModelRegistry, name: str, version: str | None) -> Checkpoint:
+    registry.check_not_failed(name)  # 503, as its readiness says
     ckpt = registry.models.get(name)
     if ckpt is None:
         raise OIPError(404, f"unknown model {name[:128]!r}; loaded: "

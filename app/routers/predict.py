@@ -34,7 +34,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (413, "body over VITALCAST_MAX_BODY_BYTES"),
         (415, "body not sent as JSON: send 'Content-Type: application/json'"),
         (422, "invalid request: the message names the field and the problem"),
-        (503, "no model loaded"),
+        (503, "no model loaded, or the model named failed to load (the message says why)"),
     )
 }
 EXAMPLES = {

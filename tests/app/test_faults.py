@@ -142,7 +142,8 @@ def test_startup_with_only_a_damaged_checkpoint_is_unready_not_crashed(tmp_path:
         assert c.get("/healthz").status_code == 200
         assert c.get("/readyz").status_code == 503
         r = c.post("/v1/predict", json=request_body(), headers=USER)
-        assert r.status_code == 503 and r.json()["error"]["kind"] == "no_model"
+        assert r.status_code == 503 and r.json()["error"]["kind"] == "model_unavailable"
+        assert "model 'default' failed to load: default/" in r.json()["error"]["message"]
         assert len(c.get("/v1/models", headers=USER).json()["errors"]) == 1
 
 

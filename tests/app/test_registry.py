@@ -91,6 +91,31 @@ def test_reload_adds_and_drops_names(tmp_path: Path) -> None:
         assert r.json()["model"]["architecture"] == "elman"
 
 
+def test_a_model_that_failed_to_load_is_a_503_saying_why_not_an_unknown_model(
+        tmp_path: Path) -> None:
+    """/v1 agrees with /v2 readiness and GET /v1/models: the model exists, it did not load,
+    and the message says which file is wrong (no stack trace, no server path)."""
+    make_checkpoint(tmp_path)
+    corrupt(make_checkpoint(tmp_path, "broken"))
+    with TestClient(create_app(settings_for(tmp_path))) as c:
+        assert c.get("/v2/models/broken/ready", headers=USER).status_code == 503
+        for r in (c.post("/v1/predict", json=request_body(model="broken"), headers=USER),
+                  c.get("/v1/models/broken", headers=USER)):
+            assert r.status_code == 503, r.text
+            error = r.json()["error"]
+            assert error["kind"] == "model_unavailable"
+            assert error["message"].startswith("model 'broken' failed to load: broken/")
+            assert "model.safetensors" in error["message"] and "/v1/models/reload" in \
+                error["message"]
+            assert "Traceback" not in error["message"] and str(tmp_path) not in error["message"]
+        r = c.get("/v2/models/broken", headers=USER)
+        assert r.status_code == 503 and "failed to load" in r.json()["error"]
+        batch = {"patients": [request_body(), request_body(model="broken")]}
+        r = c.post("/v1/predict/batch", json=batch, headers=USER)
+        assert r.status_code == 503 and r.json()["error"]["index"] == 1
+        assert c.post("/v1/predict", json=request_body(), headers=USER).status_code == 200
+
+
 def test_unknown_model_info_is_404(client: TestClient) -> None:
     r = client.get("/v1/models/nope", headers=USER)
     assert r.status_code == 404 and "unknown model 'nope'" in r.json()["error"]["message"]
