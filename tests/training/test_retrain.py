@@ -9,8 +9,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
+from app.main import create_app
 from models.checkpoint import latest_version_dir, load_checkpoint
+from tests.app.support import USER, settings_for
 
 pytestmark = pytest.mark.slow
 
@@ -45,12 +48,22 @@ def test_retrain_evaluates_and_publishes_every_model(tmp_path: Path) -> None:
     assert metrics["n"] == 160
     assert 0.0 <= metrics["auroc"] <= 1.0 and metrics["news2_auroc"] is not None
     assert ckpt_names(tmp_path / "models") == {"default", "forecast", "jordan"}
+    assert "pehe" in metrics  # scored against the treated test cohort's counterfactuals
+
+    # The published default answers the README's what-if request once the service loads it.
+    example = json.loads((ROOT / "examples" / "whatif.json").read_text())
+    with TestClient(create_app(settings_for(tmp_path / "models"))) as client:
+        r = client.post("/v1/predict", json=example, headers=USER)
+    assert r.status_code == 200, r.text
+    answers = r.json()["what_if"]
+    assert [a["label"] for a in answers] == [p["label"] for p in example["what_if"]]
+    assert all(0.0 <= a["risk"]["probability"] <= 1.0 for a in answers)
 
     # A second run publishes a new version beside the first; nothing half-written is left.
-    first = latest_version_dir(tmp_path / "models", "default")
-    run = _retrain(tmp_path, *SMALL, "--models", "default")
+    first = latest_version_dir(tmp_path / "models", "jordan")
+    run = _retrain(tmp_path, *SMALL, "--models", "jordan")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    second = latest_version_dir(tmp_path / "models", "default")
+    second = latest_version_dir(tmp_path / "models", "jordan")
     assert first is not None and second is not None and second.name > first.name
     assert first.is_dir() and (first / "model.safetensors").is_file()
     assert not list((tmp_path / "models").glob("*/.tmp-*"))
