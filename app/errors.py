@@ -7,6 +7,9 @@ rely on them, and they name the problem a person has to fix.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 __all__ = [
     "BodyTooLarge",
     "Forbidden",
@@ -18,7 +21,20 @@ __all__ = [
     "Unauthorized",
     "UnknownModel",
     "UnsupportedMediaType",
+    "empty_list_problem",
 ]
+
+
+def empty_list_problem(error: Mapping[str, Any]) -> str | None:
+    """A pydantic error about an empty list that needs an item, as a person would say it
+    ("empty; send at least one observation"), else None. pydantic's own words ("List
+    should have at least 1 item after validation, not 0") describe its validator."""
+    ctx = error.get("ctx") or {}
+    loc = error.get("loc") or ()
+    if error.get("type") != "too_short" or ctx.get("min_length") != 1 \
+            or ctx.get("actual_length") != 0 or not loc or not isinstance(loc[-1], str):
+        return None
+    return f"empty; send at least one {loc[-1].removesuffix('s')}"
 
 
 class ServiceError(Exception):

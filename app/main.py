@@ -23,7 +23,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from app.batching import Batcher
 from app.cache import PredictionCache
-from app.errors import ServiceError
+from app.errors import ServiceError, empty_list_problem
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware, error_body
 from app.observability import Metrics, configure_logging, logger
 from app.registry import ModelRegistry
@@ -54,9 +54,11 @@ def _loc(loc: Sequence[int | str]) -> str:
 
 def _problem(error: dict[str, Any]) -> str:
     kind, msg = error.get("type", ""), str(error.get("msg", ""))
-    if kind == "json_invalid":
+    if kind == "json_invalid":  # shown after "body: "
         reason = (error.get("ctx") or {}).get("error", "malformed JSON")
-        return f"body is not valid JSON ({reason})"
+        return f"not valid JSON ({reason})"
+    if (empty := empty_list_problem(error)) is not None:
+        return empty
     if kind == "missing":
         return "required field is missing"
     if kind == "extra_forbidden":

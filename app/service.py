@@ -97,8 +97,9 @@ def _checked(request: PredictRequest, ckpt: Checkpoint, max_observations: int,
     names = observations.names
     if set(ckpt.normalizer.features).isdisjoint(names):
         raise InvalidRequest(
-            f"observations: none is of a variable model {ckpt.name!r} uses; it needs at least "
-            f"one of: {', '.join(ckpt.normalizer.features)}")
+            f"observations: model {ckpt.name!r} uses none of the variables sent "
+            f"({', '.join(names)[:200]}); send at least one of: "
+            f"{', '.join(ckpt.normalizer.features)}")
     timebase = request.timebase()
     hours = observations.hours
     if hours is None:

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from app import oip
 from app.deps import MetricsDep, RegistryDep, SettingsDep
-from app.errors import ServiceError
+from app.errors import ServiceError, empty_list_problem
 from app.jsonbody import StrictJsonRoute
 from app.oip import InferRequest, OIPError, decode_inputs, encode_outputs, model_metadata
 from app.registry import ModelRegistry
@@ -91,7 +91,8 @@ def _describe(exc: RequestValidationError) -> str:
     loc = [str(p) for p in error.get("loc", ()) if p != "body"]
     if error.get("type") == "json_invalid":
         return f"body is not valid JSON ({(error.get('ctx') or {}).get('error', 'malformed')})"
-    message = str(error.get("msg", "invalid request")).removeprefix("Value error, ")
+    message = empty_list_problem(error) or str(error.get("msg", "invalid request")
+                                               ).removeprefix("Value error, ")
     return f"{'.'.join(loc) or 'body'}: {message}"
 
 

@@ -48,7 +48,7 @@ CASES = [
     ("numeric string time", [obs(time="2.5")], ["neither hours"]),
     ("boolean time", [obs(time=True)], ["observations[0].time", "must be hours"]),
     ("string value", [obs(value="90")], ["observations[0].value", "must be a number"]),
-    ("empty series", [], ["observations", "at least 1 item"]),
+    ("empty series", [], ["observations: empty; send at least one observation"]),
     ("static as observation", [obs(variable="age", value=70)], ["static descriptor"]),
     ("absurd hours", [obs(time=1e12)], ["beyond the"]),
 ]
@@ -114,7 +114,16 @@ def test_missing_observations_gets_422(client: TestClient) -> None:
 
 
 def test_malformed_json_gets_422(client: TestClient) -> None:
-    assert "not valid JSON" in error_of(client, '{"observations": [')["message"]
+    message = error_of(client, '{"observations": [')["message"]
+    assert message.startswith("body: not valid JSON (") and "body is" not in message
+
+
+def test_an_empty_batch_or_patient_says_what_to_send(client: TestClient) -> None:
+    assert error_of(client, {"patients": []}, path="/v1/predict/batch")["message"] == \
+        "patients: empty; send at least one patient"
+    error = error_of(client, {"patients": [request_body(observations=[])]},
+                     path="/v1/predict/batch")
+    assert error["message"] == "patients[0].observations: empty; send at least one observation"
 
 
 def test_non_object_body_gets_422(client: TestClient) -> None:
@@ -131,7 +140,9 @@ def test_too_many_observations_get_422(shared_model_dir) -> None:
 
 def test_no_variable_the_model_uses_gets_422(client: TestClient) -> None:
     error = error_of(client, request_body(observations=[obs(variable="antibiotics", value=1)]))
-    assert "none is of a variable model 'default' uses" in error["message"]
+    assert error["message"].startswith(
+        "observations: model 'default' uses none of the variables sent (antibiotics); send at "
+        "least one of: heart_rate, resp_rate")
 
 
 def test_unknown_model_gets_404(client: TestClient) -> None:
