@@ -43,7 +43,13 @@ def test_serve_trains_a_default_model_and_answers_the_example(tmp_path: Path) ->
         key = (tmp_path / "keys" / "api-key").read_text().strip()
         assert oct((tmp_path / "keys" / "api-key").stat().st_mode & 0o777) == "0o600"
         printed = (tmp_path / "serve.log").read_text()
-        assert f"API key:   {key}" in printed and "--data @examples/request.json" in printed
+        admin_key = (tmp_path / "keys" / "admin-key").read_text().strip()
+        assert key not in printed and admin_key not in printed  # no keys in logs
+        key_file = tmp_path / "keys" / "api-key"
+        assert f'Bearer $(cat {key_file})"' in printed
+        assert "--data @examples/request.json" in printed
+        assert "demo model trained on a synthetic cohort" in printed
+        assert "not for clinical use" in printed and "scripts/retrain --physionet" in printed
         example = json.loads((ROOT / "examples" / "request.json").read_text())
         r = httpx.post(f"{base}/v1/predict", json=example,
                        headers={"Authorization": f"Bearer {key}"}, timeout=30)
