@@ -66,11 +66,31 @@ def _problem(error: dict[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def _validation_response(exc: RequestValidationError) -> JSONResponse:
+def _model_variables(error: dict[str, Any], body: Any, registry: ModelRegistry) -> str:
+    """What to add to an unknown variable's refusal: the variables of the model the request
+    (or the batch's patient) asks for, the default when it names none. The schema refusing
+    the name does not know the model; listing every catalogue name would bury the few the
+    model reads."""
+    loc = tuple(error.get("loc", ()))
+    request = body
+    if loc[:2] == ("body", "patients") and len(loc) > 2 and isinstance(loc[2], int):
+        patients = body.get("patients") if isinstance(body, dict) else None
+        request = patients[loc[2]] if isinstance(patients, list) and \
+            loc[2] < len(patients) else None
+    name = request.get("model") if isinstance(request, dict) else None
+    ckpt = registry.models.get(name if isinstance(name, str) else registry.default_model)
+    if ckpt is None:
+        return "; GET /v1/models lists the variables each model uses"
+    return f"; model {ckpt.name!r} uses: {', '.join(ckpt.normalizer.features)}"
+
+
+def _validation_response(exc: RequestValidationError, registry: ModelRegistry) -> JSONResponse:
     errors = list(exc.errors())
     # A JSON syntax error's loc is ("body", character offset): the body is what is wrong.
     details = [{"loc": "body" if e.get("type") == "json_invalid" else _loc(e.get("loc", ())),
-                "message": _problem(e)} for e in errors]
+                "message": _problem(e) + (_model_variables(e, exc.body, registry)
+                                          if e.get("type") == "unknown_variable" else "")}
+               for e in errors]
     shown = "; ".join(f"{d['loc']}: {d['message']}" for d in details[:3])
     if len(details) > 3:
         shown += f" (and {len(details) - 3} more)"
@@ -91,7 +111,7 @@ def _install_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         metrics.count_error("invalid_request", request.scope)
-        return _validation_response(exc)
+        return _validation_response(exc, request.app.state.registry)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -25,8 +25,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import CoreSchema, core_schema
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
+from app.hints import unknown_variable
 from app.timebase import MAX_HOURS, Timebase, parse_time
 from app.whatif_schemas import MAX_PLANS, WhatIfAnswer, WhatIfPlan, check_plan_times
 from models.catalogue import CATALOGUE, STATICS, check_value
@@ -63,7 +64,6 @@ __all__ = [
 Hours = Annotated[float, Field(ge=0, le=MAX_HOURS, description="hours since admission")]
 Moment = Annotated[AwareDatetime, Field(description="ISO-8601 date-time with UTC offset")]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
-_MEASURED = sorted(v.name for v in CATALOGUE.values() if v.kind != "static")
 
 EXAMPLE_REQUEST: dict[str, Any] = {
     "patient_id": "opaque-123",
@@ -124,7 +124,9 @@ class Observation(BaseModel):
     def _known(cls, name: str) -> str:
         var = CATALOGUE.get(name)
         if var is None:
-            raise ValueError(f"unknown variable {name[:64]!r}; known: {', '.join(_MEASURED)}")
+            # its own error type: the error handler adds the variables of the model asked
+            raise PydanticCustomError("unknown_variable", "{message}",
+                                      {"message": unknown_variable(name)})
         if var.kind == "static":
             raise ValueError(f"{name} is a static descriptor: send it in 'static', not as an "
                              "observation")

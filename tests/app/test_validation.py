@@ -118,6 +118,25 @@ def test_malformed_json_gets_422(client: TestClient) -> None:
     assert message.startswith("body: not valid JSON (") and "body is" not in message
 
 
+def test_an_unknown_variable_gets_the_catalogue_name_and_the_models_variables(
+        client: TestClient) -> None:
+    """PhysioNet's HR is heart_rate; the list is the model's variables, not the catalogue's."""
+    message = error_of(client, request_body(observations=[obs(variable="HR")]))["message"]
+    assert message.startswith("observations[0].variable: unknown variable 'HR': the catalogue "
+                              "calls it 'heart_rate'; model 'default' uses: heart_rate, "
+                              "resp_rate, spo2")
+    assert "albumin" not in message  # in the catalogue, not read by the model
+    message = error_of(client, request_body(observations=[obs(variable="pulse")]))["message"]
+    assert message.startswith("observations[0].variable: unknown variable 'pulse'; model "
+                              "'default' uses: heart_rate")
+    batch = {"patients": [request_body(), request_body(
+        model="other", observations=[obs(variable="Age", value=70)])]}
+    error = error_of(client, batch, path="/v1/predict/batch")
+    assert error["index"] == 1 and error["message"].startswith(
+        "patients[1].observations[0].variable: unknown variable 'Age': the catalogue calls it "
+        "'age', a static descriptor sent in 'static'; model 'other' uses: heart_rate")
+
+
 def test_an_empty_batch_or_patient_says_what_to_send(client: TestClient) -> None:
     assert error_of(client, {"patients": []}, path="/v1/predict/batch")["message"] == \
         "patients: empty; send at least one patient"
