@@ -32,8 +32,10 @@ def _retrain(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_retrain_evaluates_and_publishes_every_model(tmp_path: Path) -> None:
-    run = _retrain(tmp_path, *SMALL, "--models", "default,jordan,forecast")
+    # --small first: the explicit sizes and epochs after it still win
+    run = _retrain(tmp_path, "--small", *SMALL, "--models", "default,jordan,forecast")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "240 training patients (seed 7), 160 test patients" in run.stdout
     for name, arch in [("default", "lstm"), ("jordan", "jordan"), ("forecast", None)]:
         version = latest_version_dir(tmp_path / "models", name)
         assert version is not None, f"{name} not published"
@@ -61,8 +63,9 @@ def test_retrain_evaluates_and_publishes_every_model(tmp_path: Path) -> None:
 
     # A second run publishes a new version beside the first; nothing half-written is left.
     first = latest_version_dir(tmp_path / "models", "jordan")
-    run = _retrain(tmp_path, *SMALL, "--models", "jordan")
+    run = _retrain(tmp_path, *SMALL, "--small", "--models", "jordan")  # --small last
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert json.loads((tmp_path / "reports" / "jordan" / "metrics.json").read_text())["n"] == 160
     second = latest_version_dir(tmp_path / "models", "jordan")
     assert first is not None and second is not None and second.name > first.name
     assert first.is_dir() and (first / "model.safetensors").is_file()
@@ -74,6 +77,15 @@ def test_retrain_refuses_an_unknown_model_before_touching_anything(tmp_path: Pat
     assert run.returncode == 2
     assert "unknown model 'transformer'" in run.stderr
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+def test_retrain_help_prints_the_usage_comment_only(tmp_path: Path) -> None:
+    run = _retrain(tmp_path, "--help")
+    assert run.returncode == 0
+    assert run.stdout.startswith("One command: data -> train")
+    assert "--physionet-src" in run.stdout and "POST /v1/models/reload" in run.stdout
+    assert "set -euo" not in run.stdout and "cd " not in run.stdout
+    assert not any(line.startswith("#") for line in run.stdout.splitlines())
 
 
 def ckpt_names(model_dir: Path) -> set[str]:
