@@ -154,6 +154,30 @@ class _CatchAll:
                 await send({"type": "http.response.body", "body": body})
 
 
+def _without_default_422(app: FastAPI) -> None:
+    """Leave FastAPI's default 422 `HTTPValidationError` out of the OpenAPI schema: no route
+    answers it. A /v1 validation error is the `ErrorResponse` its route documents, a /v2 one
+    a 400 `{"error": ...}`, and a route with path parameters only (GET /v1/models/{name})
+    has nothing to fail validation."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    content = operation.get("responses", {}).get("422", {}).get("content", {})
+                    ref = content.get("application/json", {}).get("schema", {}).get("$ref", "")
+                    if ref.endswith("/HTTPValidationError"):
+                        del operation["responses"]["422"]
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def _tune_gc() -> None:
     """Keep the cyclic garbage collector off the request path.
 
@@ -204,6 +228,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     if settings.benchmark_routes:  # off by default: a framework baseline for benchmarks
         app.include_router(bench.router)
+    _without_default_422(app)
     # Added last = outermost: context (id, log, metrics) sees the 413 and the catch-all 500.
     # JSON bodies are parsed strictly, once, by each router's route class (app.jsonbody).
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, metrics=metrics)

@@ -82,8 +82,10 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         self.metrics.count_error(BodyTooLarge.kind, scope)
-        body = error_body(BodyTooLarge.kind,
-                          f"request body exceeds the limit of {self.limit} bytes")
+        message = f"request body exceeds the limit of {self.limit} bytes"
+        # /v2 (Open Inference Protocol) writes every error as {"error": "<message>"}
+        body = orjson.dumps({"error": message}) if scope["path"].startswith("/v2/") \
+            else error_body(BodyTooLarge.kind, message)
         await send({"type": "http.response.start", "status": BodyTooLarge.status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode()),

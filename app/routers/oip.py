@@ -3,7 +3,7 @@
 Health and server metadata are open, like /healthz; model metadata, model readiness and
 inference need the /v1 Bearer key (they reveal and use a clinical model; OIP clients such
 as tritonclient and KServe's send custom headers). Every error, including a missing key and
-a malformed body, is `{"error": "<message>"}` with 400, 401, 404, 415 or 503, as the protocol
+a malformed body, is `{"error": "<message>"}` with 400, 401, 404, 413, 415 or 503, as the protocol
 says, rather than the /v1 error object.
 """
 
@@ -120,16 +120,24 @@ class _OIPRoute(StrictJsonRoute):
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"], route_class=_OIPRoute)
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": OIPErrorBody, "description": text} for status, text in (
-        (400, "malformed request: the message names the tensor and the problem"),
-        (401, "missing or unknown API key"),
-        (404, "unknown model or version"),
-        (503, "the model is on disk but failed to load: the message says why"),
-    )
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The documented error responses of a route: those it can answer, all `{"error": ...}`
+    (a GET with path parameters only has no request to be malformed: no 400, 413, 415)."""
+    return {status: {"model": OIPErrorBody, "description": _ERROR_TEXT[status]}
+            for status in statuses}
+
+
+_ERROR_TEXT = {
+    400: "malformed request: the message names the tensor and the problem",
+    401: "missing or unknown API key",
+    404: "unknown model or version",
+    413: "body over VITALCAST_MAX_BODY_BYTES",
+    415: "body not sent as JSON: send 'Content-Type: application/json'",
+    503: "the model is on disk but failed to load: the message says why",
 }
-_INFER_ERRORS = {**_ERRORS, 415: {"model": OIPErrorBody, "description": "body not sent as "
-                                  "JSON: send 'Content-Type: application/json'"}}
+_ERRORS = _errors(401, 404, 503)
+_INFER_ERRORS = _errors(400, 401, 404, 413, 415, 503)
 
 
 def _served(registry: ModelRegistry, name: str, version: str | None) -> Checkpoint:

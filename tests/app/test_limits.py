@@ -36,6 +36,13 @@ def test_body_over_the_limit_gets_413(small: TestClient) -> None:
                                  "message": f"request body exceeds the limit of {LIMIT} bytes"}
 
 
+def test_body_over_the_limit_on_v2_gets_413_in_the_protocols_shape(small: TestClient) -> None:
+    r = small.post("/v2/models/default/infer", content=big_body(),
+                   headers={**USER, "Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert r.json() == {"error": f"request body exceeds the limit of {LIMIT} bytes"}
+
+
 def test_streamed_body_over_the_limit_gets_413(small: TestClient) -> None:
     body = big_body()
 

@@ -54,6 +54,31 @@ def test_api_conforms_to_its_schema(loaded_app) -> None:
         check()
 
 
+def responses(spec: dict, method: str, path: str) -> dict[str, str]:
+    """Documented status -> the name of its JSON schema."""
+    out = {}
+    for status, response in spec["paths"][path][method]["responses"].items():
+        schema = response.get("content", {}).get("application/json", {}).get("schema", {})
+        out[status] = schema.get("$ref", "").rsplit("/", 1)[-1]
+    return out
+
+
+def test_documented_errors_are_the_ones_the_routes_answer(client: TestClient) -> None:
+    """No route answers FastAPI's default 422 HTTPValidationError: /v2 refuses a malformed
+    request with a 400 {"error": ...}, and GET /v1/models/{name} has nothing to validate."""
+    spec = client.get("/openapi.json").json()
+    assert "HTTPValidationError" not in json.dumps(spec)
+    infer = responses(spec, "post", "/v2/models/{name}/infer")
+    assert "422" not in infer and infer["400"] == "OIPErrorBody"
+    r = client.post("/v2/models/default/infer", json={"inputs": "x"}, headers=USER)
+    assert r.status_code == 400 and list(r.json()) == ["error"]
+    assert set(responses(spec, "get", "/v2/models/{name}")) == {"200", "401", "404", "503"}
+    assert set(responses(spec, "get", "/v1/models/{name}")) == {"200", "401", "404", "503"}
+    r = client.post("/v1/predict", content="x", headers={**USER, "Content-Type": "text/plain"})
+    assert r.status_code == 415 and responses(spec, "post", "/v1/predict")["415"] == \
+        "ErrorResponse"
+
+
 def test_openapi_examples_are_accepted(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]
