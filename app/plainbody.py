@@ -12,15 +12,16 @@ It answers None for any body that is not plain, which then takes the general pat
 (`parse_json`, the per-field validators) and gets its answer, or its error message, from
 there: the fast path never decides an error. Plain means, beyond `_plain_columns`'s rows
 (time a number of hours in range, a catalogue variable, a number in its possible range):
-patients with only patient_id, model, static (age, sex, weight, height) and observations;
-no backslash escapes, no run of 19 digits (orjson turns such integers into floats, the
+patients with only patient_id, model, static (age, sex, weight, height) and observations
+(rows, or the column form `schemas.ObservationColumns` with lists of equal length); no
+backslash escapes, no run of 19 digits (orjson turns such integers into floats, the
 general path keeps them exact) and no repeated key. Numbers come out as orjson's do, bit
 for bit (msgspec reads `-0` as 0.0 too; tests/app/test_plainbody.py compares them).
 
 A repeated key is found as `jsonbody._fast` finds it: without escapes every colon of the
 body is after a key or inside a string, and the typed value says how many keys each object
 kept and which strings it holds; a repeated key leaves its colon (and its value's) out of
-that count.
+that count (the column form has three keys, whatever its length).
 """
 
 from __future__ import annotations
@@ -54,6 +55,14 @@ class _Row(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     value: float
 
 
+class _Columns(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """The column form of a patient's observations (`schemas.ObservationColumns`)."""
+
+    time: list[float]
+    variable: list[_Variable]
+    value: list[float]
+
+
 class _Static(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     age: float | None | UnsetType = UNSET
     sex: str | None | UnsetType = UNSET
@@ -62,7 +71,7 @@ class _Static(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 
 class _Patient(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    observations: list[_Row]
+    observations: list[_Row] | _Columns
     patient_id: str | None | UnsetType = UNSET
     model: str | None | UnsetType = UNSET
     static: _Static | None | UnsetType = UNSET
@@ -94,14 +103,16 @@ def decode_plain_batch(body: bytes) -> dict[str, Any] | None:
         return None  # type, a number too large
     if not batch.patients:
         return None
-    counts = [len(p.observations) for p in batch.patients]
-    if 0 in counts:
+    given = [p.observations for p in batch.patients]
+    counts = list(map(_rows_given, given))
+    if 0 in counts or -1 in counts:
         return None
-    rows = list(chain.from_iterable(p.observations for p in batch.patients))
-    observations = _columns(rows, counts)
+    observations = _columns(given, counts)
     if observations is None:
         return None
-    patients, keys, colons_in_strings = [], 1 + 3 * len(rows), 0
+    # Keys: "patients", then time, variable and value of each row or of each column form.
+    patients, colons_in_strings = [], 0
+    keys = 1 + 3 * sum(1 if isinstance(rows, _Columns) else len(rows) for rows in given)
     for patient, rows_of_patient in zip(batch.patients, observations, strict=True):
         out: dict[str, Any] = {}
         for name in _PATIENT_FIELDS:
@@ -124,16 +135,28 @@ def decode_plain_batch(body: bytes) -> dict[str, Any] | None:
     return {"patients": patients}
 
 
-def _columns(rows: list[_Row], counts: list[int]) -> list[ObservationRows] | None:
+def _rows_given(observations: list[_Row] | _Columns) -> int:
+    """How many rows a patient sends; -1 for columns of different lengths (not plain)."""
+    if isinstance(observations, _Columns):
+        n = len(observations.time)
+        return n if len(observations.variable) == len(observations.value) == n else -1
+    return len(observations)
+
+
+def _columns(given: list[list[_Row] | _Columns], counts: list[int]
+             ) -> list[ObservationRows] | None:
     """Each patient's rows as columns when every row of the batch is plain, else None.
 
     The checks of `schemas._plain_columns` (the decoder has checked types and names), once
     over the whole batch; each patient's distinct names in order of first appearance."""
-    n, n_patients = len(rows), len(counts)
-    variables = list(map(_VARIABLE, rows))
+    n, n_patients = sum(counts), len(counts)
+    variables = list(chain.from_iterable(
+        o.variable if isinstance(o, _Columns) else map(_VARIABLE, o) for o in given))
     code = np.fromiter(map(_CODE.__getitem__, variables), np.int64, n)
-    hours = np.fromiter(map(_TIME, rows), np.float64, n)
-    values = np.fromiter(map(_VALUE, rows), np.float64, n)
+    hours = np.fromiter(chain.from_iterable(
+        o.time if isinstance(o, _Columns) else map(_TIME, o) for o in given), np.float64, n)
+    values = np.fromiter(chain.from_iterable(
+        o.value if isinstance(o, _Columns) else map(_VALUE, o) for o in given), np.float64, n)
     bounds = _BOUNDS[code]
     if not ((hours >= 0) & (hours <= MAX_HOURS) & (values >= bounds[:, 0])
             & (values <= bounds[:, 1])).all():

@@ -51,6 +51,7 @@ __all__ = [
     "ModelRef",
     "News2",
     "Observation",
+    "ObservationColumns",
     "ObservationRows",
     "POSSIBLE",
     "PredictRequest",
@@ -142,6 +143,26 @@ class Observation(BaseModel):
 
 # Possible range of every variable an observation may name (not the statics).
 POSSIBLE = {name: var.possible for name, var in CATALOGUE.items() if var.kind != "static"}
+
+
+class ObservationColumns(BaseModel):
+    """The observations as three lists of equal length, row i being (time[i], variable[i],
+    value[i]): the same rows as the list form, in a body less than half the size, that a
+    bulk client builds straight from its arrays. Validated as those rows (an error names
+    the row index i, as for the list form)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    time: list[Hours | Moment] = Field(
+        description="per row: hours since admission or an ISO-8601 date-time with offset",
+        examples=[[0.5, 0.5, 2.0]])
+    variable: list[str] = Field(description="per row: catalogue name",
+                                examples=[["heart_rate", "sbp", "lactate"]])
+    value: list[Finite] = Field(description="per row: value in the catalogue's canonical unit",
+                                examples=[[118, 98, 3.9]])
+
+
+_COLUMNS = tuple(ObservationColumns.model_fields)  # time, variable, value
 _OBSERVATION_FIELDS = frozenset(Observation.model_fields)
 _TIME, _VARIABLE, _VALUE = itemgetter("time"), itemgetter("variable"), itemgetter("value")
 _NUMBERS = frozenset({float, int})  # not bool: JSON true is not a measurement
@@ -230,18 +251,48 @@ class ObservationRows(Sequence[Observation]):
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler
                                      ) -> CoreSchema:
-        # Validated and documented as a non-empty list of Observation; held as columns.
+        # Validated as a non-empty list of Observation (columns become those rows first);
+        # documented as that list or ObservationColumns; held as columns; written as rows.
         rows = core_schema.list_schema(handler.generate_schema(Observation), min_length=1)
         return core_schema.no_info_wrap_validator_function(
             cls._validate, rows, serialization=core_schema.plain_serializer_function_ser_schema(
-                lambda value: value.rows(), return_schema=rows))
+                lambda value: value.rows(), return_schema=rows),
+            json_schema_input_schema=core_schema.union_schema(
+                [rows, handler.generate_schema(ObservationColumns)]))
 
     @classmethod
     def _validate(cls, value: object, handler: ValidatorFunctionWrapHandler) -> ObservationRows:
         if isinstance(value, ObservationRows):
             return value
+        if isinstance(value, dict):
+            return cls._of_columns(value, handler)
         plain = _plain_columns(value)
         return plain if plain is not None else cls.of_rows(list(handler(value)))
+
+    @classmethod
+    def _of_columns(cls, columns: dict[str, Any], handler: ValidatorFunctionWrapHandler
+                    ) -> ObservationRows:
+        """The column form (`ObservationColumns`): checked as its rows would be, so that
+        errors and answers are the list form's (a bad row is named by its index)."""
+        missing = [name for name in _COLUMNS if name not in columns]
+        unknown = sorted(str(name) for name in columns if name not in _COLUMNS)
+        if missing or unknown:
+            found = ([f"missing: {', '.join(missing)}"] if missing else []) + (
+                [f"unknown: {', '.join(unknown)[:200]}"] if unknown else [])
+            raise ValueError("as columns, observations holds exactly the lists time, variable "
+                             f"and value ({'; '.join(found)})")
+        lists = [columns[name] for name in _COLUMNS]
+        if not all(type(column) is list for column in lists):
+            raise ValueError("as columns, observations.time, .variable and .value are lists")
+        if len({len(column) for column in lists}) > 1:
+            raise ValueError("as columns, observations.time, .variable and .value have one "
+                             "entry per row: lengths "
+                             f"{', '.join(str(len(column)) for column in lists)} differ")
+        plain = _plain_lists(*lists)
+        if plain is not None:
+            return plain
+        rows = [dict(zip(_COLUMNS, row, strict=True)) for row in zip(*lists, strict=True)]
+        return cls.of_rows(list(handler(rows)))
 
 
 def _plain_columns(rows: object) -> ObservationRows | None:
@@ -262,8 +313,19 @@ def _plain_columns(rows: object) -> ObservationRows | None:
         times = list(map(_TIME, rows))  # KeyError: another key than these three
         variables = list(map(_VARIABLE, rows))
         values = list(map(_VALUE, rows))
-        names, code = factorize(variables)  # TypeError: an unhashable "variable"
     except (KeyError, TypeError):
+        return None
+    return _plain_lists(times, variables, values)
+
+
+def _plain_lists(times: list[Any], variables: list[Any], values: list[Any]
+                 ) -> ObservationRows | None:
+    """`_plain_columns` of rows given as three lists of equal length (the column form)."""
+    if not times:
+        return None
+    try:
+        names, code = factorize(variables)
+    except TypeError:  # an unhashable "variable"
         return None
     if (not set(map(type, times)) <= _NUMBERS or not set(map(type, values)) <= _NUMBERS
             or not all(type(name) is str and name in POSSIBLE for name in names)):
@@ -333,7 +395,8 @@ class PredictRequest(BaseModel):
     )
     static: StaticDescriptors | None = None
     observations: ObservationRows = Field(
-        description="any order; at least one; at most VITALCAST_MAX_OBSERVATIONS"
+        description="any order; at least one; at most VITALCAST_MAX_OBSERVATIONS; a list "
+                    "of rows, or the same rows as columns (ObservationColumns)"
     )
     what_if: list[WhatIfPlan] | None = Field(
         None, min_length=1, max_length=MAX_PLANS,
