@@ -16,8 +16,10 @@ can later score exactly those held-out stays. Each epoch's state goes to
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -258,18 +260,47 @@ def _train(cfg: TrainConfig, resume: bool, d: Distributed, t0: float) -> TrainRe
     return TrainResult(version_dir, metrics, result.history)
 
 
+def resume_message(cfg: TrainConfig) -> str:
+    """What --resume will do, said before the data is loaded: a resume that finds no saved
+    run starts afresh (so a job can always be restarted with --resume), which the user
+    must hear rather than discover from the epoch count."""
+    store = RunStore(Path(cfg.model_dir) / ".runs" / cfg.name)
+    if not store.exists():
+        return (f"--resume: no saved run of {cfg.name!r} in {store.dir} (none was "
+                f"interrupted, or it finished and was published): nothing to resume, "
+                f"training from scratch")
+    try:
+        epoch = int(json.loads(store.state_path.read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"--resume: continuing the saved run in {store.dir}"
+    return f"--resume: continuing the saved run in {store.dir} after epoch {epoch + 1}"
+
+
+TASK_HELP = {
+    "risk": "risk of in-hospital death + length of stay (the default)",
+    "forecast": "a seq2seq forecaster of the next --horizon bins of --targets, with risk + LOS",
+    "effect": "risk + LOS with the what-if networks (treatment effects) beside them, "
+              "trained on a treated cohort (python -m training.synthesize --confounding G)",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m training.train",
-        description="Train a risk + LOS model (or a seq2seq forecaster) and publish it.")
+        description="Train a model and publish it: a risk + length-of-stay model, a seq2seq "
+                    "forecaster, or a risk model with what-if networks (--task effect).")
     ap.add_argument("--config", type=Path, help="TOML file of these settings; flags win")
     ap.add_argument("--resume", action="store_true",
-                    help="continue the interrupted run of --name from its last saved epoch")
+                    help="continue the interrupted run of --name from its last saved epoch "
+                         "(with none saved: says so and trains from scratch)")
     ap.add_argument("--data", help="data directory (observations, patients[, truth])")
     ap.add_argument("--name", help="checkpoint name (default: default)")
     ap.add_argument("--model-dir", dest="model_dir", help="where versions are published")
-    ap.add_argument("--task", choices=TASKS)
-    ap.add_argument("--arch", choices=("elman", "jordan", "lstm", "gru"))
+    ap.add_argument("--task", choices=TASKS, help="; ".join(
+        f"{k}: {TASK_HELP[k]}" for k in TASKS))
+    ap.add_argument("--arch", choices=("elman", "jordan", "lstm", "gru"),
+                    help="recurrent encoder: elman or jordan (simple recurrent networks), "
+                         "lstm or gru")
     ap.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None,
                     help="bidirectional encoder (elman/lstm/gru); --no-bidirectional to "
                          "override a config file")
@@ -323,6 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = config_from_args(args)
+        if args.resume and os.environ.get("RANK", "0") == "0":  # once under torchrun
+            print(resume_message(cfg), file=sys.stderr)
         res = train(cfg, resume=args.resume)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -16,6 +16,7 @@ from models.checkpoint import latest_version_dir, list_versions, load_checkpoint
 from training.config import TrainConfig
 from training.loop import Distributed, fit
 from training.runstate import RunStore
+from training.train import main, resume_message
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["--arch", "gru", "--hidden", "8", "--attn-dim", "8", "--batch-size", "32",
@@ -81,6 +82,8 @@ def test_resume_refuses_state_from_another_data_set(cohort, tmp_path):
 
     fit(model, Task(), cfg, Distributed(), store, {"fingerprint": "aaa"})
     assert store.exists()
+    assert resume_message(cfg).endswith("continuing the saved run in "
+                                        f"{store.dir} after epoch 1")
     with pytest.raises(ValueError, match="fingerprint"):
         fit(model, Task(), cfg, Distributed(), store, {"fingerprint": "bbb"}, resume=True)
 
@@ -114,3 +117,13 @@ def test_resumed_fit_repeats_the_uninterrupted_run_exactly(tmp_path):
     assert resumed.resumed_from == 3
     np.testing.assert_allclose([h["val_loss"] for h in resumed.history],
                                [h["val_loss"] for h in whole.history], rtol=1e-6)
+
+
+def test_resume_without_a_saved_run_says_so_and_trains_from_scratch(cohort, tmp_path,
+                                                                     capsys):
+    code = main(["--data", str(cohort), "--name", "fresh", "--model-dir", str(tmp_path),
+                 *ARGS, "--epochs", "1", "--resume"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "no saved run of 'fresh'" in err and "training from scratch" in err
+    assert latest_version_dir(tmp_path, "fresh") is not None
