@@ -9,7 +9,12 @@ import torch
 
 from models.checkpoint import latest_version_dir, load_checkpoint
 from models.features import Grid, Normalizer, tensorise
-from training.calibration import expected_calibration_error, fit_temperature, sigmoid
+from training.calibration import (
+    MIN_CALIBRATION_EVENTS,
+    expected_calibration_error,
+    fit_temperature,
+    sigmoid,
+)
 from training.config import ConfigError, TrainConfig
 from training.data import load_dataset
 from training.prefixes import StayTensors, cut_prefix, forecast_targets, sample_prefix_bins
@@ -92,6 +97,20 @@ def test_temperature_recovers_the_scale_of_overconfident_logits():
     before = expected_calibration_error(sigmoid(true_logit * 2.5), y)
     after = expected_calibration_error(sigmoid(true_logit * 2.5 / t), y)
     assert after < 0.02 < before
+
+
+def test_a_validation_split_with_few_deaths_does_not_sharpen_the_model_into_extremes(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # 75 stays, 11 deaths, logits that happen to separate them: the NLL fit would sharpen
+    # them twenty-fold (T = 0.05, probabilities 0.00-1.00); too few deaths to tell.
+    rng = np.random.default_rng(3)
+    y = (rng.random(75) < 0.15).astype(float)
+    logits = 0.6 * (y - 0.5) + rng.normal(0.0, 0.1, 75)
+    assert int(y.sum()) < MIN_CALIBRATION_EVENTS
+    assert fit_temperature(logits, y) == 1.0
+    assert "temperature scaling skipped" in caplog.text
+    # With enough of both outcomes the fit runs (the same logits, repeated).
+    assert fit_temperature(np.tile(logits, 3), np.tile(y, 3)) < 0.2
 
 
 def test_ece_of_a_constant_forecast_is_its_gap_to_the_event_rate():
