@@ -372,8 +372,10 @@ class StaticDescriptors(BaseModel):
         return self
 
     def numeric(self) -> dict[str, float | str]:
-        """The descriptors given, by catalogue name."""
-        return {k: v for k, v in self.model_dump().items() if v is not None}
+        """The descriptors given, by catalogue name (the fields' values as validated: what
+        model_dump gives for these plain fields, without its serializer, ~3 us a patient
+        several times per request)."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 # The fields above must be exactly the catalogue's statics: a new static needs a field here.

@@ -101,11 +101,13 @@ def score_tensors(ckpt: Checkpoint, tensors: Tensors, *, explain: bool = False,
             per_var = per_var_t.double().numpy()  # (b, F)
         attention = out.attention.numpy()
         forecast = out.forecast.numpy() if out.forecast is not None else None
+        # Per stay from numpy arrays: indexing a tensor costs microseconds per element.
+        logits, los = logit.numpy(), out.los.numpy()
         for j in range(x.shape[0]):
             results.append(Prediction(
                 probability=float(prob[j]),
-                logit=float(logit[j]),
-                los_days=float(out.los[j]),
+                logit=float(logits[j]),
+                los_days=float(los[j]),
                 attention=attention[j].astype(np.float64),
                 step_mask=tensors.step_mask[start + j].copy(),
                 offset=int(offset[j]),
