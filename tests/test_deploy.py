@@ -479,6 +479,14 @@ def test_image_install_path(tmp_path: Path) -> None:
         out = r.json()
         assert 0.0 <= out["risk"]["probability"] <= 1.0 and out["prognosis"]["los_days"] >= 0
         assert out["model"]["name"] == "default"
+        # the retrained default still answers what-if plans (its data were synthesized treated)
+        plan = {**body, "what_if": [{"label": "antibiotics now", "interventions": [
+            {"time": 4.0, "variable": "antibiotics", "value": 1}]}]}
+        r = httpx.post(f"{base}/v1/predict", json=plan, timeout=60,
+                       headers={"Authorization": "Bearer deploy-user-key-0123"})
+        assert r.status_code == 200, r.text
+        answer = r.json()["what_if"][0]
+        assert answer["label"] == "antibiotics now" and len(answer["effect"]["interval"]) == 2
     finally:
         server.send_signal(signal.SIGTERM)  # what `docker stop` sends to the entrypoint's exec
         try:
