@@ -93,17 +93,12 @@ class PlanStep(BaseModel):
         if not lo <= self.value <= hi:
             what = "rate" if var.mode == "rate" else "dose"
             raise ValueError(f"{where}: {what} {self.value:g} is impossible (expected "
-                             f"{lo:g}-{hi:g} {_unit(var.unit)})")
+                             f"{lo:g}-{hi:g} {var.shown_unit})")
         return self
 
 
 def _when(time: float | datetime) -> str:
     return time.isoformat() if isinstance(time, datetime) else f"hour {time:g}"
-
-
-def _unit(ucum: str) -> str:
-    """A unit as a person reads it: UCUM's annotation "{dose}" is "doses"."""
-    return f"{ucum.strip('{}')}s" if ucum.startswith("{") else ucum
 
 
 class WhatIfPlan(BaseModel):

@@ -50,7 +50,11 @@ class Variable:
 
     @property
     def shown_unit(self) -> str:
-        return self.display_unit or self.unit
+        """The unit as a person reads it: the display unit, else the UCUM code, except a
+        UCUM annotation alone ({male}, {state}), which is no unit: ""."""
+        if self.display_unit:
+            return self.display_unit
+        return "" if self.unit.startswith("{") else self.unit
 
 
 def _v(
@@ -69,9 +73,10 @@ def _v(
                     log_scale)
 
 
-def _i(name: str, unit: str, possible: tuple[float, float], mode: Mode, label: str) -> Variable:
+def _i(name: str, unit: str, possible: tuple[float, float], mode: Mode, label: str,
+       display_unit: str = "") -> Variable:
     return Variable(name, unit, "", possible, possible, "intervention", "intervention", label,
-                    mode=mode)
+                    display_unit=display_unit, mode=mode)
 
 
 _TABLE: tuple[Variable, ...] = (
@@ -131,7 +136,7 @@ _TABLE: tuple[Variable, ...] = (
     _v("weight", "kg", "29463-7", (1, 400), (35, 200), "static", "Body weight"),
     _v("height", "cm", "8302-2", (30, 250), (140, 210), "static", "Body height"),
     # --- interventions (issue 11) -------------------------------------------------------
-    _i("antibiotics", "{dose}", (0, 1), "event", "Antibiotic dose given"),
+    _i("antibiotics", "{dose}", (0, 1), "event", "Antibiotic dose given", "doses"),
     _i("vasopressor", "ug/kg/min", (0, 5), "rate",
        "Vasopressor rate (norepinephrine equivalent)"),
     _i("fluid_bolus", "mL", (0, 5000), "event", "Fluid bolus"),
@@ -167,15 +172,19 @@ def check_value(name: str, value: float) -> tuple[bool, str | None]:
     """
     var = get(name)
     lo, hi = var.possible
+    unit = var.shown_unit
     if not lo <= value <= hi:
+        if not unit:  # a code (sex, a ventilation state): no other unit to suspect
+            return False, f"{name} {_fmt(value)} is impossible: expected {_fmt(lo)}-{_fmt(hi)}"
         return False, (
-            f"{name} {_fmt(value)} is impossible: expected {var.shown_unit} in "
+            f"{name} {_fmt(value)} is impossible: expected {unit} in "
             f"{_fmt(lo)}-{_fmt(hi)} (is it in another unit?)"
         )
     tlo, thi = var.typical
     if not tlo <= value <= thi:
+        shown = f" {unit}" if unit else ""
         return True, (
-            f"{name} {_fmt(value)} {var.shown_unit} is outside the typical range "
+            f"{name} {_fmt(value)}{shown} is outside the typical range "
             f"{_fmt(tlo)}-{_fmt(thi)}"
         )
     return True, None

@@ -48,3 +48,11 @@ def test_typical_value_passes_silently_and_unknown_names_are_refused():
     assert check_value("heart_rate", 80) == (True, None)
     with pytest.raises(KeyError, match="unknown variable 'pulse'"):
         get("pulse")
+
+
+def test_codes_and_counts_are_named_without_ucum_annotations():
+    ok, message = check_value("sex", 3)
+    assert not ok and message == "sex 3 is impossible: expected 0-1"
+    ok, message = check_value("antibiotics", -1)
+    assert not ok and message is not None and "expected doses in 0-1" in message
+    assert "{" not in message
