@@ -342,26 +342,30 @@ def _on_grid(
     tt, raw = time[is_feat], value[is_feat]
     slot = np.clip(bins_all[is_feat] - offset[p] + 1, 0, None)
     flat = (p * (t_steps + 1) + slot) * n_f + f
-    order = np.lexsort((tt, flat))  # the last row of each cell is its latest observation
-    f, tt, raw, flat = f[order], tt[order], raw[order], flat[order]
-    last = np.r_[flat[1:] != flat[:-1], True] if len(flat) else np.zeros(0, dtype=bool)
-    fl = f[last]
+    # Rows ordered so that a later observation of a stay's feature has a larger row: as
+    # they come when each stay's rows are in time order (the usual request: no sort), else
+    # sorted by cell, then time (ties keep their order: the later row is the latest).
+    if not _in_time_order(p, tt):
+        order = np.lexsort((tt, flat))
+        f, tt, raw, flat = f[order], tt[order], raw[order], flat[order]
     logged = np.array([CATALOGUE[name].log_scale for name in features], dtype=bool)
-    x = np.where(logged[fl], np.log1p(np.clip(raw[last], 0.0, None)), raw[last])
-    z = (x - normalizer.mean[fl]) / normalizer.std[fl]
-    # Each cell's row among the kept ones (-1: none, or a NaN value). Kept rows are in cell
-    # order, so within a stay and feature a later slot has a larger row: the running maximum
-    # over slots is the latest observation at or before each slot (carry-forward), and one
-    # gather from the kept rows fills the grid (a row past the end holds the 0 for "none").
+    x = np.where(logged[f], np.log1p(np.clip(raw, 0.0, None)), raw)
+    z = (x - normalizer.mean[f]) / normalizer.std[f]
+    # Each cell's row: its latest (largest) one, -1 for none or when that row's value is
+    # NaN. A later slot of a stay's feature has a larger row, so the running maximum over
+    # slots is the latest observation at or before each slot (carry-forward), and one
+    # gather from the rows fills the grid (a row past the end holds the 0 for "none").
     shape = (n, t_steps + 1, n_f)
-    kept = np.flatnonzero(~np.isnan(z))
+    rows = np.arange(len(z))
     cell_row = np.full(shape, -1, dtype=np.int64)
-    cell_row.reshape(-1)[flat[last][kept]] = kept
+    cells = cell_row.reshape(-1)
+    np.maximum.at(cells, flat, rows)
+    cells[flat[(cells[flat] == rows) & np.isnan(z)]] = -1
     observed = cell_row >= 0
     src = np.maximum.accumulate(cell_row, axis=1)  # (N, T+1, F)
     src[src < 0] = len(z)
     values = np.append(z, 0.0)[src]
-    last_time = np.append(tt[last], 0.0)[src]
+    last_time = np.append(tt, 0.0)[src]
     bin_end = (offset[:, None] + np.arange(t_steps + 1)[None, :]).astype(np.float64) * step
     delta = np.clip(bin_end[:, :, None] - last_time, 0.0, None)
 
@@ -412,6 +416,12 @@ def _on_grid(
         interventions=iv.astype(np.float32),
         grid=grid,
     )
+
+
+def _in_time_order(stay: np.ndarray, time: np.ndarray) -> bool:
+    """Whether the rows come stay after stay, each stay's in time order."""
+    later = stay[1:] > stay[:-1]
+    return bool(np.all(later | ((stay[1:] == stay[:-1]) & (time[1:] >= time[:-1]))))
 
 
 def _align_patients(patients: pd.DataFrame | None, ids: list[str]) -> pd.DataFrame:

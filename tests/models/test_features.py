@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from models import features
 from models.catalogue import CATALOGUE
 from models.features import Grid, Normalizer, Tensors, tensorise, tensorise_rows
 
@@ -166,6 +167,41 @@ def test_the_array_path_gives_the_dataframe_paths_tensors():
     assert got.patient_ids == ids and got.offset.max() > 0
     for name in ("values", "mask", "delta", "static", "step_mask", "offset", "interventions"):
         np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), err_msg=name)
+
+
+def test_rows_in_time_order_skip_the_sort_and_give_the_sorted_tensors(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows stay by stay in time order skip the sort; in another order they are sorted:
+    the same grid either way (the latest of several rows in a bin, ties: the later row; a
+    NaN as the latest value: the bin counts as unobserved; carry-forward; hours since)."""
+    rng = np.random.default_rng(5)
+    n = 2_000
+    obs = pd.DataFrame({
+        "patient_id": rng.integers(0, 40, n).astype(str),
+        "time_hours": rng.integers(0, 140, n) / 2,  # repeated times in a bin; past 48 h
+        "variable": rng.choice(FEATURES, n),
+        "value": np.where(rng.uniform(size=n) < 0.05, np.nan, rng.uniform(1, 100, n)),
+    })
+    ordered = obs.sort_values(["patient_id", "time_hours"], kind="stable")
+    assert (ordered.groupby(["patient_id", "time_hours", "variable"]).size() > 1).any()
+    assert ordered.groupby(["patient_id", "time_hours", "variable"]).value.last().isna().any()
+    # the stays in reverse order, each stay's rows (and ties) in the same order
+    blocks = [stay for _, stay in ordered.groupby("patient_id", sort=True)][::-1]
+    reversed_stays = pd.concat(blocks)
+    seen: list[bool] = []
+    check = features._in_time_order
+
+    def watched(stay: np.ndarray, time: np.ndarray) -> bool:
+        seen.append(check(stay, time))
+        return seen[-1]
+
+    monkeypatch.setattr(features, "_in_time_order", watched)
+    fast = tensorise(ordered, IDENTITY)
+    sorted_ = tensorise(reversed_stays, IDENTITY)
+    assert seen == [True, False]
+    for name in ("values", "mask", "delta", "step_mask", "offset"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(sorted_, name),
+                                      err_msg=name)
 
 
 def test_interventions_after_the_window_are_left_out_not_an_index_error():
