@@ -18,7 +18,9 @@ bi-LSTM at the default sizes, random weights) three ways, each timed on its own:
    the integrated-gradients contributions (several forward and backward passes per patient,
    which no forward-pass budget covers) unless `--contributions`. The server's prediction
    cache is off: every patient is scored. `--http-patients` scores only the first N
-   patients this way (default: all).
+   patients this way (default: all). It runs twice: each patient's observations as a list
+   of rows (the headline figure), then as the column form {"time": [...], "variable":
+   [...], "value": [...]} (the same rows, a body ~40 % the size).
 
 The endpoint's ratio is taken against the raw forward pass of the same patients timed in
 turn with it (`--phase` batches of one, then `--phase` batches of the other): other
@@ -50,9 +52,11 @@ from models.features import tensorise
 from models.predict import score
 
 
-def request_bodies(observations: pd.DataFrame, patients: pd.DataFrame, batch: int
-                   ) -> list[tuple[int, bytes]]:
-    """(patients, JSON body) per batch request: hours since admission, the cohort's statics."""
+def request_bodies(observations: pd.DataFrame, patients: pd.DataFrame, batch: int,
+                   columns: bool = False) -> list[tuple[int, bytes]]:
+    """(patients, JSON body) per batch request: hours since admission, the cohort's statics;
+    each patient's observations as a list of rows, or with `columns` as the column form
+    {"time": [...], "variable": [...], "value": [...]}."""
     obs = observations.sort_values(["patient_id", "time_hours"], kind="stable")
     ids = obs["patient_id"].to_numpy()
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
@@ -67,8 +71,10 @@ def request_bodies(observations: pd.DataFrame, patients: pd.DataFrame, batch: in
         row = statics.loc[pid]
         static = {k: (float(row[k]) if k != "sex" else str(row[k]))
                   for k in ("age", "sex", "weight", "height") if pd.notna(row[k])}
-        requests.append({"patient_id": pid, "static": static, "observations": [
-            {"time": times[i], "variable": names[i], "value": values[i]} for i in range(s, e)]})
+        rows: Any = ({"time": times[s:e], "variable": names[s:e], "value": values[s:e]}
+                     if columns else [{"time": times[i], "variable": names[i],
+                                       "value": values[i]} for i in range(s, e)])
+        requests.append({"patient_id": pid, "static": static, "observations": rows})
     return [(len(requests[i:i + batch]), orjson.dumps({"patients": requests[i:i + batch]}))
             for i in range(0, len(requests), batch)]
 
@@ -135,50 +141,54 @@ def main() -> None:
         print(f"evaluation path:      {evaluation:9,.0f} patients/s  ({eval_s:.2f} s)  "
               f"ratio to raw {evaluation / raw:.2f}")
 
-        # 3. batch endpoint, JSON end to end
+        # 3. batch endpoint, JSON end to end, observations as rows then as columns
         http_n = args.http_patients or n
         keep = set(sorted(patients["patient_id"].astype(str))[:http_n])
-        bodies = request_bodies(obs[obs["patient_id"].isin(keep)],
-                                patients[patients["patient_id"].isin(keep)], args.batch)
-        size = sum(len(b) for _, b in bodies)
+        mine = (obs[obs["patient_id"].isin(keep)], patients[patients["patient_id"].isin(keep)])
+        forms = {form: request_bodies(*mine, args.batch, columns=form == "columns")
+                 for form in ("rows", "columns")}
         headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
-        env = {"VITALCAST_MAX_BODY_BYTES": str(max(len(b) for _, b in bodies) + 1024),
+        largest = max(len(b) for bodies in forms.values() for _, b in bodies)
+        env = {"VITALCAST_MAX_BODY_BYTES": str(largest + 1024),
                "VITALCAST_MAX_BATCH": str(args.batch), "VITALCAST_CACHE_ENTRIES": "0"}
         params = {"contributions": "true" if args.contributions else "false"}
+        print(f"contributions: {params['contributions']}")
         with (serve(model_dir, Path(tmp) / "server.log", env=env) as server,
               httpx.Client(base_url=server.base_url, timeout=600) as client):
-            client.post("/v1/predict/batch", content=bodies[0][1], headers=headers,
+            client.post("/v1/predict/batch", content=forms["rows"][0][1], headers=headers,
                         params=params)  # warm-up
-            # Phases of `--phase` batches, the raw forward pass and the endpoint in turn:
-            # both see the same load from other processes on the machine.
-            scored, http_s, raw_again_s = 0, 0.0, 0.0
-            for first in range(0, len(bodies), args.phase):
-                phase = bodies[first:first + args.phase]
-                start = first * args.batch
-                raw_again_s += forward(start, min(start + sum(c for c, _ in phase), n))
-                t0 = time.perf_counter()
-                for count, body in phase:
-                    r = client.post("/v1/predict/batch", content=body, headers=headers,
-                                    params=params)
-                    if r.status_code != 200:
-                        raise SystemExit(f"batch answered {r.status_code}: {r.text[:300]}")
-                    results = orjson.loads(r.content)["results"]
-                    if len(results) != count:
-                        raise SystemExit(f"{len(results)} results for {count} patients")
-                    scored += count
-                http_s += time.perf_counter() - t0
-            rss = server.rss_mib()
-        endpoint = scored / http_s
-        raw_alongside = scored / raw_again_s
-        print(f"contributions: {params['contributions']}")
-        print(f"raw forward pass, in turn with the endpoint: {raw_alongside:9,.0f} patients/s "
-              f"({raw_again_s:.2f} s)")
-        ratio = endpoint / raw_alongside
-        print(f"batch endpoint (HTTP):{endpoint:9,.0f} patients/s  ({http_s:.2f} s for "
-              f"{scored:,} patients, {size / 1e6:.0f} MB of JSON in)  ratio to raw "
-              f"{ratio:.2f} (target >= 0.5: {'PASS' if ratio >= 0.5 else 'FAIL'})"
-              f"; server RSS {rss:.0f} MiB")
+            for form, bodies in forms.items():
+                # Phases of `--phase` batches, the raw forward pass and the endpoint in turn:
+                # both see the same load from other processes on the machine.
+                scored, http_s, raw_again_s = 0, 0.0, 0.0
+                for first in range(0, len(bodies), args.phase):
+                    phase = bodies[first:first + args.phase]
+                    start = first * args.batch
+                    raw_again_s += forward(start, min(start + sum(c for c, _ in phase), n))
+                    t0 = time.perf_counter()
+                    for count, body in phase:
+                        r = client.post("/v1/predict/batch", content=body, headers=headers,
+                                        params=params)
+                        if r.status_code != 200:
+                            raise SystemExit(f"batch answered {r.status_code}: {r.text[:300]}")
+                        results = orjson.loads(r.content)["results"]
+                        if len(results) != count:
+                            raise SystemExit(f"{len(results)} results for {count} patients")
+                        scored += count
+                    http_s += time.perf_counter() - t0
+                endpoint = scored / http_s
+                raw_alongside = scored / raw_again_s
+                ratio = endpoint / raw_alongside
+                size = sum(len(b) for _, b in bodies)
+                print(f"observations as {form}:")
+                print(f"  raw forward pass, in turn with the endpoint: {raw_alongside:9,.0f} "
+                      f"patients/s ({raw_again_s:.2f} s)")
+                print(f"  batch endpoint (HTTP):{endpoint:9,.0f} patients/s  ({http_s:.2f} s "
+                      f"for {scored:,} patients, {size / 1e6:.0f} MB of JSON in)  ratio to raw "
+                      f"{ratio:.2f} (target >= 0.5: {'PASS' if ratio >= 0.5 else 'FAIL'})")
+            print(f"server RSS {server.rss_mib():.0f} MiB")
         print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end")
+
 
 if __name__ == "__main__":
     main()
