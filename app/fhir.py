@@ -14,7 +14,6 @@ Read: `Observation` (status `entered-in-error`/`cancelled` skipped; `valueQuanti
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -26,6 +25,7 @@ from app.errors import InvalidRequest
 from app.schemas import PredictRequest, PredictResponse
 from app.timebase import parse_time
 from models.catalogue import CATALOGUE
+from models.units import convert, unit_key
 
 __all__ = [
     "BUNDLE_TYPES",
@@ -60,45 +60,6 @@ LOINC: dict[str, str] = {
 }
 _STATIC_OBSERVATIONS = ("age", "weight", "height")
 
-# Affine conversions to the canonical unit, canonical = value * scale + shift, keyed by
-# (variable or "*" for any variable with that canonical unit, canonical unit, given unit).
-# Unit codes are compared case-insensitively with UCUM annotations ({beats}) removed.
-_Affine = tuple[float, float]
-_CONVERSIONS: dict[tuple[str, str, str], _Affine] = {
-    ("*", "cel", "[degf]"): (5.0 / 9.0, -32.0 * 5.0 / 9.0),
-    ("*", "cel", "k"): (1.0, -273.15),
-    ("*", "1", "%"): (0.01, 0.0),  # FiO2 as a percentage -> fraction
-    ("*", "%", "1"): (100.0, 0.0),  # SpO2, SaO2, haematocrit as a fraction -> percent
-    ("*", "kg", "g"): (0.001, 0.0),
-    ("*", "kg", "[lb_av]"): (0.45359237, 0.0),
-    ("*", "cm", "m"): (100.0, 0.0),
-    ("*", "cm", "[in_i]"): (2.54, 0.0),
-    ("*", "mm[hg]", "kpa"): (7.50062, 0.0),  # blood gases in SI
-    ("*", "10*3/ul", "10*9/l"): (1.0, 0.0),  # the same count, SI spelling
-    ("*", "ug/l", "ng/ml"): (1.0, 0.0),
-    ("*", "mmol/l", "meq/l"): (1.0, 0.0),  # only monovalent ions are mmol/L in the catalogue
-    ("glucose", "mg/dl", "mmol/l"): (18.016, 0.0),  # molar mass 180.16 g/mol
-    ("creatinine", "mg/dl", "umol/l"): (1.0 / 88.42, 0.0),  # 88.42 umol/L per mg/dL
-    ("creatinine", "mg/dl", "mmol/l"): (1000.0 / 88.42, 0.0),
-    ("bilirubin", "mg/dl", "umol/l"): (1.0 / 17.104, 0.0),  # 17.104 umol/L per mg/dL
-    ("magnesium", "mmol/l", "mg/dl"): (1.0 / 2.431, 0.0),
-    ("magnesium", "mmol/l", "meq/l"): (0.5, 0.0),  # divalent
-    ("lactate", "mmol/l", "mg/dl"): (1.0 / 9.008, 0.0),
-}
-# Human spellings FHIR senders put in `unit` when they leave `code` out.
-_ALIASES = {"mmhg": "mm[hg]", "°c": "cel", "degc": "cel", "°f": "[degf]", "degf": "[degf]",
-            "bpm": "/min", "beats/min": "/min", "breaths/min": "/min", "1/min": "/min",
-            "lb": "[lb_av]", "lbs": "[lb_av]", "in": "[in_i]", "ph": "[ph]", "": "1"}
-_ANNOTATION = re.compile(r"\{[^{}]*\}")
-
-
-def _unit_key(code: str) -> str:
-    """Comparable form of a UCUM code: no annotations, lower case, aliases resolved."""
-    key = _ANNOTATION.sub("", code.strip()).lower()
-    key = _ALIASES.get(key, key)
-    return "1" if key in ("", "/1") else key
-
-
 def to_canonical(variable: str, value: float, unit: str | None) -> float:
     """`value` in `unit` (UCUM code) -> the catalogue's canonical unit of `variable`.
 
@@ -106,22 +67,16 @@ def to_canonical(variable: str, value: float, unit: str | None) -> float:
     A missing unit is only accepted for dimensionless variables (GCS, pH, FiO2).
     """
     var = CATALOGUE[variable]
-    canonical = _unit_key(var.unit)
     if unit is None or not unit.strip():
-        if canonical in ("1", "[ph]"):
+        if unit_key(var.unit) in ("1", "[ph]"):
             return value
         raise ValueError(f"{variable} has no unit; send valueQuantity.code in UCUM, e.g. "
                          f"{var.unit!r}")
-    given = _unit_key(unit)
-    if given == canonical:
-        return value
-    affine = (_CONVERSIONS.get((variable, canonical, given))
-              or _CONVERSIONS.get(("*", canonical, given)))
-    if affine is None:
+    out = convert(variable, var.unit, value, unit)
+    if out is None:
         raise ValueError(f"unit {unit[:40]!r} cannot be converted to {var.unit!r} for "
                          f"{variable}")
-    scale, shift = affine
-    return value * scale + shift
+    return out
 
 
 @dataclass

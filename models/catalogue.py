@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from models.units import alternatives
+
 __all__ = [
     "CATALOGUE",
     "INTERVENTIONS",
@@ -163,6 +165,16 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
+def _other_unit(var: Variable, value: float) -> str:
+    """"in mmol/L it would be 270 mg/dL" for each other unit in which `value` would be a
+    typical reading of `var` (a unit mistake is the likeliest reason for an odd value);
+    "" when there is none."""
+    lo, hi = var.typical
+    hits = [f"in {other} it would be {_fmt(round(v, 1))} {var.shown_unit}"
+            for other, v in alternatives(var.name, var.unit, value) if lo <= v <= hi]
+    return "; ".join(hits)
+
+
 def check_value(name: str, value: float) -> tuple[bool, str | None]:
     """Validate one value against the catalogue.
 
@@ -173,18 +185,19 @@ def check_value(name: str, value: float) -> tuple[bool, str | None]:
     var = get(name)
     lo, hi = var.possible
     unit = var.shown_unit
+    tlo, thi = var.typical
     if not lo <= value <= hi:
         if not unit:  # a code (sex, a ventilation state): no other unit to suspect
             return False, f"{name} {_fmt(value)} is impossible: expected {_fmt(lo)}-{_fmt(hi)}"
         return False, (
             f"{name} {_fmt(value)} is impossible: expected {unit} in "
-            f"{_fmt(lo)}-{_fmt(hi)} (is it in another unit?)"
+            f"{_fmt(lo)}-{_fmt(hi)} ({_other_unit(var, value) or 'is it in another unit?'})"
         )
-    tlo, thi = var.typical
     if not tlo <= value <= thi:
         shown = f" {unit}" if unit else ""
+        hint = _other_unit(var, value)
         return True, (
             f"{name} {_fmt(value)}{shown} is outside the typical range "
-            f"{_fmt(tlo)}-{_fmt(thi)}"
+            f"{_fmt(tlo)}-{_fmt(thi)}" + (f" ({hint})" if hint else "")
         )
     return True, None

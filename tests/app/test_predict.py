@@ -128,6 +128,15 @@ def test_atypical_value_is_accepted_with_a_warning(client: TestClient) -> None:
         "heart_rate 195 /min is outside the typical range 40-180 (and 1 more such values)"]
 
 
+def test_a_value_that_looks_sent_in_another_unit_is_scored_with_the_conversion_named(
+        client: TestClient) -> None:
+    body = request_body(observations=[{"time": 1, "variable": "heart_rate", "value": 96},
+                                      {"time": 2, "variable": "glucose", "value": 15}])
+    out = predict(client, body)
+    assert ("glucose 15 mg/dL is outside the typical range 60-350 (in mmol/L it would be "
+            "270.2 mg/dL)") in out["warnings"]
+
+
 def test_intervention_rows_are_accepted(client: TestClient) -> None:
     body = request_body()
     body["observations"] = [*body["observations"],  # type: ignore[misc]

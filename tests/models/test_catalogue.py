@@ -56,3 +56,19 @@ def test_codes_and_counts_are_named_without_ucum_annotations():
     ok, message = check_value("antibiotics", -1)
     assert not ok and message is not None and "expected doses in 0-1" in message
     assert "{" not in message
+
+
+def test_an_odd_value_that_is_typical_in_another_unit_says_so():
+    ok, message = check_value("glucose", 15)  # mmol/L sent as mg/dL: scored, with the hint
+    assert ok and message == ("glucose 15 mg/dL is outside the typical range 60-350 "
+                              "(in mmol/L it would be 270.2 mg/dL)")
+    ok, message = check_value("temperature", 98.6)  # Fahrenheit: refused, with the hint
+    assert not ok and message is not None and message.endswith("(in °F it would be 37 °C)")
+    ok, message = check_value("creatinine", 150)
+    assert not ok and message is not None and "in µmol/L it would be 1.7 mg/dL" in message
+    # no unit makes 195 /min typical, and an impossible value with no such unit keeps the
+    # plain question
+    assert check_value("heart_rate", 195)[1] == (
+        "heart_rate 195 /min is outside the typical range 40-180")
+    assert check_value("heart_rate", 400)[1] is not None
+    assert "(is it in another unit?)" in str(check_value("heart_rate", 400)[1])
