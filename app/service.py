@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from itertools import chain, compress
 from typing import Any
 
@@ -125,6 +126,16 @@ def _row_name_ids(jobs: Sequence[Job], lengths: Sequence[int]) -> np.ndarray:
                     + np.repeat(name_start, lengths)]
 
 
+@lru_cache(maxsize=64)
+def _reads(features: tuple[str, ...]) -> np.ndarray:
+    """(catalogue names,) whether a model with these features reads each name (by
+    `_NAME_ID`); one per model, not per request."""
+    reads = np.zeros(len(_NAMES), dtype=bool)
+    reads[[_NAME_ID[f] for f in features]] = True
+    reads.setflags(write=False)
+    return reads
+
+
 def _with_warnings(jobs: list[Job]) -> list[Job]:
     """The jobs with their warnings: atypical values (the first message of a variable and
     how many more), variables the model does not use, a series longer than its window.
@@ -140,25 +151,21 @@ def _with_warnings(jobs: list[Job]) -> list[Job]:
     typical = _TYPICAL[row_ids]
     atypical: list[dict[str, tuple[str, int]]] = [{} for _ in jobs]  # request order
     flagged = np.flatnonzero((values < typical[:, 0]) | (values > typical[:, 1]))
-    # Worded once per patient and variable, at its first flagged row (rows and the
-    # patients' variables in request order), with the number of its flagged rows.
-    patient_of = np.searchsorted(starts, flagged, side="right") - 1
-    _, first, count = np.unique(patient_of * len(_NAMES) + row_ids[flagged],
-                                return_index=True, return_counts=True)
-    by_row = np.argsort(first)
-    for k, n_flagged in zip(first[by_row].tolist(), count[by_row].tolist(), strict=True):
-        i = int(flagged[k])
-        name = _NAMES[row_ids[i]]
-        _, message = check_value(name, float(values[i]))
-        if message is not None:
-            atypical[int(patient_of[k])][name] = (message, n_flagged)
+    if flagged.size:
+        # Worded once per patient and variable, at its first flagged row (rows and the
+        # patients' variables in request order), with the number of its flagged rows.
+        patient_of = np.searchsorted(starts, flagged, side="right") - 1
+        _, first, count = np.unique(patient_of * len(_NAMES) + row_ids[flagged],
+                                    return_index=True, return_counts=True)
+        by_row = np.argsort(first)
+        for k, n_flagged in zip(first[by_row].tolist(), count[by_row].tolist(), strict=True):
+            i = int(flagged[k])
+            name = _NAMES[row_ids[i]]
+            _, message = check_value(name, float(values[i]))
+            if message is not None:
+                atypical[int(patient_of[k])][name] = (message, n_flagged)
     # The latest hour of a variable each job's model uses: the window ends in its bin.
-    uses: dict[int, np.ndarray] = {}  # per checkpoint: whether its model reads each name
-    for job in jobs:
-        if id(job.ckpt) not in uses:
-            uses[id(job.ckpt)] = np.isin(np.arange(len(_NAMES)), [
-                _NAME_ID[f] for f in job.ckpt.normalizer.features])
-    used = np.concatenate([uses[id(job.ckpt)][row_ids[s:s + k]]
+    used = np.concatenate([_reads(job.ckpt.normalizer.features)[row_ids[s:s + k]]
                            for job, s, k in zip(jobs, starts.tolist(), lengths, strict=True)])
     latest = np.maximum.reduceat(np.where(used, hours, -np.inf), starts)
     out = []
