@@ -35,7 +35,7 @@ import numpy as np
 from msgspec import UNSET, UnsetType
 
 from app.jsonbody import has_long_number
-from app.schemas import POSSIBLE, ObservationRows
+from app.schemas import POSSIBLE, STATES, ObservationRows
 from app.timebase import MAX_HOURS
 
 __all__ = ["decode_plain_batch"]
@@ -43,6 +43,7 @@ __all__ = ["decode_plain_batch"]
 _NAMES = list(POSSIBLE)  # every variable an observation may name: measurements, interventions
 _CODE = {name: i for i, name in enumerate(_NAMES)}
 _BOUNDS = np.array([POSSIBLE[name] for name in _NAMES], dtype=np.float64)
+_STATE = np.array([name in STATES for name in _NAMES], dtype=bool)  # value 0 or 1 only
 if TYPE_CHECKING:
     _Variable = str
 else:  # msgspec checks the name in C and gives the catalogue's own string (hash cached)
@@ -158,8 +159,9 @@ def _columns(given: list[list[_Row] | _Columns], counts: list[int]
     values = np.fromiter(chain.from_iterable(
         o.value if isinstance(o, _Columns) else map(_VALUE, o) for o in given), np.float64, n)
     bounds = _BOUNDS[code]
+    state = _STATE[code]
     if not ((hours >= 0) & (hours <= MAX_HOURS) & (values >= bounds[:, 0])
-            & (values <= bounds[:, 1])).all():
+            & (values <= bounds[:, 1]) & (~state | (values == 0) | (values == 1))).all():
         return None
     ends = np.cumsum(counts).tolist()
     starts = [end - count for end, count in zip(ends, counts, strict=True)]

@@ -54,6 +54,7 @@ __all__ = [
     "ObservationColumns",
     "ObservationRows",
     "POSSIBLE",
+    "STATES",
     "PredictRequest",
     "PredictResponse",
     "Prognosis",
@@ -143,6 +144,8 @@ class Observation(BaseModel):
 
 # Possible range of every variable an observation may name (not the statics).
 POSSIBLE = {name: var.possible for name, var in CATALOGUE.items() if var.kind != "static"}
+# Observations whose value is a state, 0 or 1 only (mechanical ventilation).
+STATES = frozenset(name for name in POSSIBLE if CATALOGUE[name].mode == "state")
 
 
 class ObservationColumns(BaseModel):
@@ -336,9 +339,10 @@ def _plain_lists(times: list[Any], variables: list[Any], values: list[Any]
     except OverflowError:  # an integer beyond float: the validators refuse it
         return None
     bounds = np.array([POSSIBLE[name] for name in names], dtype=np.float64)[code]
+    state = np.array([name in STATES for name in names], dtype=bool)[code]
     # NaN fails every comparison: not plain either
     if not ((hours >= 0) & (hours <= MAX_HOURS) & (numbers >= bounds[:, 0])
-            & (numbers <= bounds[:, 1])).all():
+            & (numbers <= bounds[:, 1]) & (~state | (numbers == 0) | (numbers == 1))).all():
         return None
     return ObservationRows(names, code, numbers, hours)
 

@@ -193,6 +193,8 @@ def check_value(name: str, value: float) -> tuple[bool, str | None]:
             f"{name} {_fmt(value)} is impossible: expected {unit} in "
             f"{_fmt(lo)}-{_fmt(hi)} ({_other_unit(var, value) or 'is it in another unit?'})"
         )
+    if var.mode == "state" and value not in (0.0, 1.0):  # ventilated or not, nothing between
+        return False, f"{name} {_fmt(value)} is impossible: {name} is 0 (off) or 1 (on)"
     if not tlo <= value <= thi:
         shown = f" {unit}" if unit else ""
         hint = _other_unit(var, value)

@@ -145,6 +145,28 @@ def test_intervention_rows_are_accepted(client: TestClient) -> None:
     assert predict(client, body)["risk"]["probability"] > 0
 
 
+def test_a_ventilation_state_other_than_0_or_1_is_refused_in_every_body_form(
+        client: TestClient) -> None:
+    row = {"time": 3.0, "variable": "mech_vent", "value": 0.5}
+    body = request_body()
+    body["observations"] = [*body["observations"], row]  # type: ignore[misc]
+    want = "mech_vent 0.5 is impossible: mech_vent is 0 (off) or 1 (on)"
+    r = client.post("/v1/predict", json=body, headers=USER)
+    assert r.status_code == 422 and want in r.json()["error"]["message"]
+    # a batch of plain rows (the fast decoder) and the column form say the same
+    r = client.post("/v1/predict/batch", json={"patients": [request_body(), body]},
+                    headers=USER)
+    assert r.status_code == 422 and want in r.json()["error"]["message"]
+    assert r.json()["error"]["index"] == 1
+    rows = body["observations"]
+    columns = {k: [o[k] for o in rows] for k in ("time", "variable", "value")}  # type: ignore[attr-defined]
+    r = client.post("/v1/predict", json={**body, "observations": columns}, headers=USER)
+    assert r.status_code == 422 and want in r.json()["error"]["message"]
+    # ventilated (1) and not (0) are fine
+    row["value"] = 1
+    assert predict(client, body)["risk"]["probability"] > 0
+
+
 def test_variable_the_model_does_not_use_is_ignored_with_a_warning(client: TestClient) -> None:
     body = request_body()
     body["observations"] = [*body["observations"],  # type: ignore[misc]
