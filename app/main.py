@@ -27,7 +27,7 @@ from app.errors import ServiceError, empty_list_problem
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware, error_body
 from app.observability import Metrics, configure_logging, logger
 from app.registry import ModelRegistry
-from app.routers import bench, fhir, health, models, oip, predict
+from app.routers import bench, fhir, forecast, health, models, oip, predict
 from app.service import answer_cached, predict_each
 from app.settings import Settings, get_settings
 
@@ -224,7 +224,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.batcher = batcher
     app.state.cache = cache
     _install_handlers(app, metrics)
-    for router in (predict.router, fhir.router, models.router, health.router, oip.router):
+    for router in (predict.router, forecast.router, fhir.router, models.router, health.router,
+                   oip.router):
         app.include_router(router)
     if settings.benchmark_routes:  # off by default: a framework baseline for benchmarks
         app.include_router(bench.router)

@@ -43,6 +43,9 @@ __all__ = [
     "ErrorDetail",
     "ErrorResponse",
     "Explanation",
+    "ForecastPoint",
+    "ForecastResponse",
+    "ForecastSeries",
     "GridInfo",
     "Health",
     "LoadFailure",
@@ -501,6 +504,26 @@ class AttentionBin(BaseModel):
     start: float | str = Field(description="bin start in the request's kind of time")
     end: float | str
     weight: float = Field(ge=0, le=1)
+
+
+class ForecastPoint(BaseModel):
+    start: float | str = Field(description="grid bin start in the request's kind of time")
+    end: float | str
+    value: float = Field(description="forecast value in the variable's catalogue unit")
+
+
+class ForecastSeries(BaseModel):
+    variable: str
+    unit: str = Field(description="the catalogue unit, as a person writes it")
+    points: list[ForecastPoint] = Field(
+        description="one per grid bin after the last bin holding an observation")
+
+
+class ForecastResponse(BaseModel):
+    patient_id: str | None
+    model: ModelRef
+    forecast: list[ForecastSeries] = Field(description="one per variable the model forecasts")
+    warnings: list[str]
 
 
 class Contribution(BaseModel):

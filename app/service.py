@@ -33,8 +33,8 @@ from models.features import Tensors, tensorise_codes
 from models.news2 import NEWS2_PARAMETERS, news2_points
 from models.predict import Prediction, score_tensors
 
-__all__ = ["Answer", "Job", "Outcome", "answer_cached", "predict", "predict_each", "prepare",
-           "prepare_batch"]
+__all__ = ["Answer", "Job", "Outcome", "answer_cached", "forecast", "predict", "predict_each",
+           "prepare", "prepare_batch"]
 
 
 @dataclass(frozen=True)
@@ -59,14 +59,14 @@ class Job:
 
 
 def prepare(request: PredictRequest, ckpt: Checkpoint, max_observations: int,
-            explain: bool = True) -> Job:
+            explain: bool = True, forecast: bool = False) -> Job:
     """Checks that need the model or the settings; raises InvalidRequest naming the problem.
 
     Every later step works on the request's columns (`ObservationRows`). Without
     `explain` the response leaves out the contributions (their integrated gradients cost
     several forward and backward passes per patient).
     """
-    return _with_warnings([_checked(request, ckpt, max_observations, explain)])[0]
+    return _with_warnings([_checked(request, ckpt, max_observations, explain, forecast)])[0]
 
 
 def prepare_batch(requests: Sequence[PredictRequest],
@@ -85,16 +85,22 @@ def prepare_batch(requests: Sequence[PredictRequest],
 
 
 def _checked(request: PredictRequest, ckpt: Checkpoint, max_observations: int,
-             explain: bool) -> Job:
-    """The job of one request (without warnings) after the checks that can refuse it."""
+             explain: bool, forecast: bool = False) -> Job:
+    """The job of one request (without warnings) after the checks that can refuse it; for
+    /v1/forecast (`forecast`) the model must be a forecaster."""
     observations = request.observations
     n = len(observations)
     if n > max_observations:
         raise InvalidRequest(f"observations: {n} observations exceed the limit of "
                              f"{max_observations} per patient")
-    if ckpt.task not in ("risk", "effect"):  # an effect checkpoint carries a risk model too
-        raise InvalidRequest(f"model {ckpt.name!r} is a {ckpt.task} model; /v1/predict needs "
-                             "a risk model (or a what-if model, which carries one)")
+    if forecast and ckpt.task != "forecast":
+        raise InvalidRequest(f"model {ckpt.name!r} is a {ckpt.task} model; /v1/forecast needs "
+                             "a forecast model (python -m training.train --task forecast)")
+    if not forecast and ckpt.task not in ("risk", "effect"):  # effect: carries a risk model
+        elsewhere = "; its forecasts come from /v1/forecast" if ckpt.task == "forecast" else ""
+        raise InvalidRequest(f"model {ckpt.name!r} is a {ckpt.task} model{elsewhere}; "
+                             "/v1/predict needs a risk model (or a what-if model, which "
+                             "carries one)")
     names = observations.names
     if set(ckpt.normalizer.features).isdisjoint(names):
         raise InvalidRequest(
@@ -291,6 +297,40 @@ def _shared_response(job: Job, pred: Prediction, news2_score: Mapping[str, objec
         "warnings": [],
         "what_if": None,
     }
+
+
+def forecast(job: Job) -> Answer:
+    """/v1/forecast's answer for a job of a forecast model (`prepare(..., forecast=True)`):
+    each target variable over the `horizon` grid bins after the last observed bin, in its
+    catalogue unit, with the bins' start and end in the request's time kind. Blocking
+    (torch)."""
+    ckpt = job.ckpt
+    (pred,) = score_tensors(ckpt, _tensorise([job]))
+    targets = [str(t) for t in ckpt.extra.get("targets", [])]
+    if pred.forecast is None or pred.forecast.shape[1] != len(targets):
+        raise ModelFailure(f"model {ckpt.name}/{ckpt.version} gave no forecast of its "
+                           f"targets {targets}")
+    features = list(ckpt.normalizer.features)
+    values = ckpt.normalizer.denormalise(pred.forecast, [features.index(t) for t in targets])
+    if not np.isfinite(values).all():
+        raise ModelFailure(f"model {ckpt.name}/{ckpt.version} returned a non-finite forecast")
+    step = ckpt.grid.step_hours
+    last = pred.offset + int(np.flatnonzero(pred.step_mask)[-1])  # the forecast's origin bin
+    bins = last + 1 + np.arange(values.shape[0])
+    starts: list[float | str] = (bins * step).tolist()
+    ends: list[float | str] = ((bins + 1) * step).tolist()
+    if job.timebase.kind != "hours":
+        starts = [job.timebase.label(float(h)) for h in starts]
+        ends = [job.timebase.label(float(h)) for h in ends]
+    series = [{"variable": name, "unit": CATALOGUE[name].shown_unit,
+               "points": [{"start": a, "end": b, "value": v}
+                          for a, b, v in zip(starts, ends, values[:, k].tolist(), strict=True)]}
+              for k, name in enumerate(targets)]
+    return {"patient_id": job.request.patient_id,
+            "model": {"name": ckpt.name, "version": ckpt.version,
+                      "architecture": ckpt.config.arch,
+                      "bidirectional": ckpt.config.bidirectional},
+            "forecast": series, "warnings": list(job.warnings)}
 
 
 def _what_if(job: Job) -> list[dict[str, Any]] | None:

@@ -94,6 +94,14 @@ class Normalizer:
                     s_std[j] = col.std() if col.std() > 1e-6 else 1.0
         return cls(features, mean, std, tuple(static_features), s_mean, s_std)
 
+    def denormalise(self, z: np.ndarray, feature_idx: Sequence[int]) -> np.ndarray:
+        """(..., K) normalised values of the features at `feature_idx` -> canonical units
+        (the inverse of tensorisation's scaling, log1p undone for log-scale variables)."""
+        idx = np.asarray(feature_idx, dtype=np.int64)
+        x = np.asarray(z, dtype=np.float64) * self.std[idx] + self.mean[idx]
+        logged = np.array([CATALOGUE[self.features[i]].log_scale for i in idx], dtype=bool)
+        return np.where(logged, np.expm1(x), x)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "features": list(self.features),

@@ -275,15 +275,6 @@ def _risk_report(ckpt: Checkpoint, ds: Dataset, obs: pd.DataFrame, ids: list[str
     return metrics
 
 
-def _denormalise(ckpt: Checkpoint, z: np.ndarray, feature_idx: Sequence[int]) -> np.ndarray:
-    """(..., K) normalised values of features `feature_idx` -> canonical units."""
-    norm = ckpt.normalizer
-    idx = np.asarray(feature_idx)
-    x = z * norm.std[idx] + norm.mean[idx]
-    logged = np.array([CATALOGUE[norm.features[i]].log_scale for i in idx])
-    return np.where(logged, np.expm1(x), x)
-
-
 def _forecast_report(ckpt: Checkpoint, ds: Dataset, obs: pd.DataFrame, ids: list[str],
                      cfg: EvalConfig, out: Path) -> dict[str, Any]:
     """MAE per target in canonical units, forecast vs carry-forward, at seeded prefixes."""
@@ -312,9 +303,9 @@ def _forecast_report(ckpt: Checkpoint, ds: Dataset, obs: pd.DataFrame, ids: list
     truth_z = full.values[n_idx, rows][:, :, tidx]  # (N, H, K)
     seen = full.mask[n_idx, rows][:, :, tidx] * inside[:, :, None]
     carry_z = prefix.values[np.arange(len(ids)), np.clip(last, 0, None)][:, tidx]  # (N, K)
-    truth_x = _denormalise(ckpt, truth_z, tidx)
-    fc_x = _denormalise(ckpt, fc, tidx)
-    cf_x = _denormalise(ckpt, np.repeat(carry_z[:, None, :], horizon, axis=1), tidx)
+    truth_x = ckpt.normalizer.denormalise(truth_z, tidx)
+    fc_x = ckpt.normalizer.denormalise(fc, tidx)
+    cf_x = ckpt.normalizer.denormalise(np.repeat(carry_z[:, None, :], horizon, axis=1), tidx)
     per_target: dict[str, dict[str, Any]] = {}
     for k, name in enumerate(targets):
         m = seen[:, :, k] > 0
