@@ -322,15 +322,22 @@ def forecast(job: Job) -> Answer:
     if job.timebase.kind != "hours":
         starts = [job.timebase.label(float(h)) for h in starts]
         ends = [job.timebase.label(float(h)) for h in ends]
+    # A target the series never measured would be forecast from nothing (the cohort's
+    # mean): it is left out, and the warnings say so.
+    sent = set(job.names)
     series = [{"variable": name, "unit": CATALOGUE[name].shown_unit,
                "points": [{"start": a, "end": b, "value": v}
                           for a, b, v in zip(starts, ends, values[:, k].tolist(), strict=True)]}
-              for k, name in enumerate(targets)]
+              for k, name in enumerate(targets) if name in sent]
+    unmeasured = [name for name in targets if name not in sent]
+    warnings = list(job.warnings)
+    if unmeasured:
+        warnings.append(f"not forecast, never measured in this series: {', '.join(unmeasured)}")
     return {"patient_id": job.request.patient_id,
             "model": {"name": ckpt.name, "version": ckpt.version,
                       "architecture": ckpt.config.arch,
                       "bidirectional": ckpt.config.bidirectional},
-            "forecast": series, "warnings": list(job.warnings)}
+            "forecast": series, "warnings": warnings}
 
 
 def _what_if(job: Job) -> list[dict[str, Any]] | None:

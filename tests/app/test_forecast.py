@@ -69,6 +69,11 @@ def test_iso_requests_get_iso_forecast_times(fc_client: TestClient) -> None:
     r = fc_client.post("/v1/forecast", json=body, headers=USER)
     assert r.status_code == 200, r.text
     first = r.json()["forecast"][0]["points"][0]
+    # both targets were measured; a series without sbp gets heart_rate alone, and a warning
+    body["observations"] = body["observations"][:1]  # type: ignore[index]
+    out = fc_client.post("/v1/forecast", json=body, headers=USER).json()
+    assert [s["variable"] for s in out["forecast"]] == ["heart_rate"]
+    assert "not forecast, never measured in this series: sbp" in out["warnings"]
     assert first["start"] == "2026-11-20T11:00:00+01:00"
     assert first["end"] == "2026-11-20T12:00:00+01:00"
 
