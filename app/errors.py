@@ -25,6 +25,10 @@ __all__ = [
 ]
 
 
+_ITEM = {"what_if": "plan (or leave what_if out)"}  # else: the
+# field's name without its plural s (observations -> observation, patients -> patient)
+
+
 def empty_list_problem(error: Mapping[str, Any]) -> str | None:
     """A pydantic error about an empty list that needs an item, as a person would say it
     ("empty; send at least one observation"), else None. pydantic's own words ("List
@@ -34,7 +38,8 @@ def empty_list_problem(error: Mapping[str, Any]) -> str | None:
     if error.get("type") != "too_short" or ctx.get("min_length") != 1 \
             or ctx.get("actual_length") != 0 or not loc or not isinstance(loc[-1], str):
         return None
-    return f"empty; send at least one {loc[-1].removesuffix('s')}"
+    item = _ITEM.get(loc[-1], loc[-1].removesuffix("s"))
+    return f"empty; send at least one {item}"
 
 
 class ServiceError(Exception):

@@ -25,7 +25,7 @@ from app.errors import InvalidRequest
 from app.schemas import PredictRequest, PredictResponse
 from app.timebase import parse_time
 from models.catalogue import CATALOGUE
-from models.units import convert, unit_key
+from models.units import annotation_only, convert, unit_key
 
 __all__ = [
     "BUNDLE_TYPES",
@@ -67,7 +67,7 @@ def to_canonical(variable: str, value: float, unit: str | None) -> float:
     A missing unit is only accepted for dimensionless variables (GCS, pH, FiO2).
     """
     var = CATALOGUE[variable]
-    if unit is None or not unit.strip():
+    if unit is None or not unit.strip() or annotation_only(unit):  # no scale given
         if unit_key(var.unit) in ("1", "[ph]"):
             return value
         raise ValueError(f"{variable} has no unit; send valueQuantity.code in UCUM, e.g. "
@@ -211,9 +211,13 @@ class _Reader:
             self.patient(where, resource, _str(_obj(entry, where, "entry").get("fullUrl")))
         elif kind == "Encounter":
             period = resource.get("period")
-            if isinstance(period, Mapping) and isinstance(period.get("start"), str):
-                _moment(period["start"], where, "Encounter.period.start")
-                self.admitted_at, self.encounter = period["start"], where
+            start = period.get("start") if isinstance(period, Mapping) else None
+            if start is not None:
+                if not isinstance(start, str):
+                    raise _fail(where, "Encounter.period.start must be a dateTime string "
+                                       "with UTC offset")
+                _moment(start, where, "Encounter.period.start")
+                self.admitted_at, self.encounter = start, where
         else:
             self.warnings.append(f"{where}: {str(kind)[:40]} resource skipped")
 

@@ -66,7 +66,8 @@ def _problem(error: dict[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def _model_variables(error: dict[str, Any], body: Any, registry: ModelRegistry) -> str:
+def _model_variables(error: dict[str, Any], body: Any, registry: ModelRegistry,
+                     default: str) -> str:
     """What to add to an unknown variable's refusal: the variables of the model the request
     (or the batch's patient) asks for, the default when it names none. The schema refusing
     the name does not know the model; listing every catalogue name would bury the few the
@@ -78,17 +79,20 @@ def _model_variables(error: dict[str, Any], body: Any, registry: ModelRegistry) 
         request = patients[loc[2]] if isinstance(patients, list) and \
             loc[2] < len(patients) else None
     name = request.get("model") if isinstance(request, dict) else None
-    ckpt = registry.models.get(name if isinstance(name, str) else registry.default_model)
+    ckpt = registry.models.get(name if isinstance(name, str) else default)
     if ckpt is None:
         return "; GET /v1/models lists the variables each model uses"
     return f"; model {ckpt.name!r} uses: {', '.join(ckpt.normalizer.features)}"
 
 
-def _validation_response(exc: RequestValidationError, registry: ModelRegistry) -> JSONResponse:
+def _validation_response(exc: RequestValidationError, registry: ModelRegistry,
+                         default: str) -> JSONResponse:
+    """The 422 of a refused body; `default` is the model the route uses when the body names
+    none (the service's default model, or /v1/forecast's forecaster)."""
     errors = list(exc.errors())
     # A JSON syntax error's loc is ("body", character offset): the body is what is wrong.
     details = [{"loc": "body" if e.get("type") == "json_invalid" else _loc(e.get("loc", ())),
-                "message": _problem(e) + (_model_variables(e, exc.body, registry)
+                "message": _problem(e) + (_model_variables(e, exc.body, registry, default)
                                           if e.get("type") == "unknown_variable" else "")}
                for e in errors]
     shown = "; ".join(f"{d['loc']}: {d['message']}" for d in details[:3])
@@ -111,7 +115,10 @@ def _install_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         metrics.count_error("invalid_request", request.scope)
-        return _validation_response(exc, request.app.state.registry)
+        registry: ModelRegistry = request.app.state.registry
+        default = (forecast.DEFAULT_FORECAST_MODEL if request.scope.get("path") == "/v1/forecast"
+                   else registry.default_model)
+        return _validation_response(exc, registry, default)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

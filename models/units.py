@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["alternatives", "convert", "unit_key"]
+__all__ = ["alternatives", "annotation_only", "convert", "unit_key"]
 
 # Affine conversions to the canonical unit, canonical = value * scale + shift, keyed by
 # (variable or "*" for any variable with that canonical unit, canonical unit, given unit).
@@ -52,6 +52,12 @@ def unit_key(code: str) -> str:
     key = _ANNOTATION.sub("", code.strip()).lower()
     key = _ALIASES.get(key, key)
     return "1" if key in ("", "/1") else key
+
+
+def annotation_only(code: str) -> bool:
+    """A UCUM code that is only an annotation ("{saturation}", "{score}"): it names what was
+    measured, not a unit, so it says nothing about the scale (UCUM reads it as 1)."""
+    return bool(_ANNOTATION.search(code)) and not _ANNOTATION.sub("", code).strip()
 
 
 def convert(variable: str, canonical: str, value: float, unit: str) -> float | None:

@@ -272,6 +272,9 @@ def test_a_date_without_a_time_of_day_asks_for_a_date_time(client: TestClient) -
     encounter = {"resource": {"resourceType": "Encounter", "period": {"start": "2026-11-22"}}}
     assert error(client, bundle(extra=[encounter])).startswith(
         "entry[11]: Encounter.period.start '2026-11-22' is a date alone")
+    encounter = {"resource": {"resourceType": "Encounter", "period": {"start": 5}}}
+    assert error(client, bundle(extra=[encounter])) == (
+        "entry[11]: Encounter.period.start must be a dateTime string with UTC offset")
 
 
 def test_censored_values_are_scored_at_their_bound_with_a_warning(client: TestClient) -> None:
@@ -328,6 +331,10 @@ def test_to_canonical_refuses_what_it_cannot_convert() -> None:
         to_canonical("bun", 5.0, "mmol/L")
     with pytest.raises(ValueError, match="heart_rate has no unit"):
         to_canonical("heart_rate", 80.0, None)
+    # an annotation alone names what was measured, not a scale: not read as a fraction
+    with pytest.raises(ValueError, match="spo2 has no unit"):
+        to_canonical("spo2", 93.0, "{saturation}")
+    assert to_canonical("gcs", 14.0, "{score}") == 14.0  # a score has no scale anyway
 
 
 JSON = st.recursive(

@@ -89,6 +89,11 @@ def test_a_model_that_does_not_forecast_or_a_plan_is_refused(fc_client: TestClie
     r = fc_client.post("/v1/forecast", json=plan, headers=USER)
     assert r.status_code == 422 and "/v1/predict" in r.json()["error"]["message"]
     assert fc_client.post("/v1/forecast", json=request_body()).status_code == 401
+    # an unknown variable's hint lists the forecaster's variables, the route's default model
+    r = fc_client.post("/v1/forecast", json=request_body(observations=[
+        {"time": 1, "variable": "HR", "value": 80}]), headers=USER)
+    assert r.status_code == 422
+    assert "the catalogue calls it 'heart_rate'; model 'forecast' uses:" in r.text
     # and /v1/predict still says where a forecast model's answers are
     r = fc_client.post("/v1/predict", json=request_body(model="forecast"), headers=USER)
     assert r.status_code == 422

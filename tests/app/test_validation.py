@@ -143,6 +143,8 @@ def test_an_empty_batch_or_patient_says_what_to_send(client: TestClient) -> None
     error = error_of(client, {"patients": [request_body(observations=[])]},
                      path="/v1/predict/batch")
     assert error["message"] == "patients[0].observations: empty; send at least one observation"
+    error = error_of(client, request_body(what_if=[]))
+    assert error["message"] == "what_if: empty; send at least one plan (or leave what_if out)"
 
 
 def test_non_object_body_gets_422(client: TestClient) -> None:
