@@ -235,8 +235,25 @@ def _news2(jobs: Sequence[Job]) -> list[Mapping[str, object]]:
             for parts, absent in zip(points, missing, strict=True)]
 
 
-def _explanation(job: Job, pred: Prediction) -> dict[str, object]:
+def _bin_labels(job: Job, bins: np.ndarray) -> tuple[list[float | str], list[float | str]]:
+    """Start and end of grid bins (absolute bin numbers) in the request's kind of time:
+    hours, or ISO-8601 labels in the request's offset."""
     step = job.ckpt.grid.step_hours
+    starts: list[float | str] = (bins * step).tolist()
+    ends: list[float | str] = ((bins + 1) * step).tolist()
+    if job.timebase.kind != "hours":
+        starts = [job.timebase.label(float(h)) for h in starts]
+        ends = [job.timebase.label(float(h)) for h in ends]
+    return starts, ends
+
+
+def _model_ref(ckpt: Checkpoint) -> dict[str, object]:
+    """The `model` of an answer (`ModelRef`)."""
+    return {"name": ckpt.name, "version": ckpt.version, "architecture": ckpt.config.arch,
+            "bidirectional": ckpt.config.bidirectional}
+
+
+def _explanation(job: Job, pred: Prediction) -> dict[str, object]:
     window = np.flatnonzero(pred.step_mask)  # bins from the first to the last observed one
     weights = np.asarray(pred.attention, dtype=np.float64)[window]
     total = float(weights.sum())
@@ -244,12 +261,7 @@ def _explanation(job: Job, pred: Prediction) -> dict[str, object]:
         raise ModelFailure(f"model {job.ckpt.name}/{job.ckpt.version} returned unusable "
                            "attention weights")
     weights = weights / total  # exact float sum; the model's is float32
-    bins_at = pred.offset + window
-    starts: list[float | str] = (bins_at * step).tolist()
-    ends: list[float | str] = ((bins_at + 1) * step).tolist()
-    if job.timebase.kind != "hours":  # ISO-8601 labels in the request's offset
-        starts = [job.timebase.label(float(h)) for h in starts]
-        ends = [job.timebase.label(float(h)) for h in ends]
+    starts, ends = _bin_labels(job, pred.offset + window)
     bins = [{"start": start, "end": end, "weight": w}
             for start, end, w in zip(starts, ends, weights.tolist(), strict=True)]
     # A variable the request never mentions equals the attribution baseline ("nothing
@@ -287,8 +299,7 @@ def _shared_response(job: Job, pred: Prediction, news2_score: Mapping[str, objec
         raise ModelFailure(f"model {ckpt.name}/{ckpt.version} returned a non-finite output")
     return {
         "patient_id": None,
-        "model": {"name": ckpt.name, "version": ckpt.version, "architecture": ckpt.config.arch,
-                  "bidirectional": ckpt.config.bidirectional},
+        "model": _model_ref(ckpt),
         "risk": {"probability": min(max(pred.probability, 0.0), 1.0),
                  "outcome": "in_hospital_death"},
         "prognosis": {"los_days": max(pred.los_days, 0.0)},
@@ -314,14 +325,8 @@ def forecast(job: Job) -> Answer:
     values = ckpt.normalizer.denormalise(pred.forecast, [features.index(t) for t in targets])
     if not np.isfinite(values).all():
         raise ModelFailure(f"model {ckpt.name}/{ckpt.version} returned a non-finite forecast")
-    step = ckpt.grid.step_hours
     last = pred.offset + int(np.flatnonzero(pred.step_mask)[-1])  # the forecast's origin bin
-    bins = last + 1 + np.arange(values.shape[0])
-    starts: list[float | str] = (bins * step).tolist()
-    ends: list[float | str] = ((bins + 1) * step).tolist()
-    if job.timebase.kind != "hours":
-        starts = [job.timebase.label(float(h)) for h in starts]
-        ends = [job.timebase.label(float(h)) for h in ends]
+    starts, ends = _bin_labels(job, last + 1 + np.arange(values.shape[0]))
     # A target the series never measured would be forecast from nothing (the cohort's
     # mean): it is left out, and the warnings say so.
     sent = set(job.names)
@@ -333,10 +338,7 @@ def forecast(job: Job) -> Answer:
     warnings = list(job.warnings)
     if unmeasured:
         warnings.append(f"not forecast, never measured in this series: {', '.join(unmeasured)}")
-    return {"patient_id": job.request.patient_id,
-            "model": {"name": ckpt.name, "version": ckpt.version,
-                      "architecture": ckpt.config.arch,
-                      "bidirectional": ckpt.config.bidirectional},
+    return {"patient_id": job.request.patient_id, "model": _model_ref(ckpt),
             "forecast": series, "warnings": warnings}
 
 
