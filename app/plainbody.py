@@ -35,8 +35,7 @@ import numpy as np
 from msgspec import UNSET, UnsetType
 
 from app.jsonbody import has_long_number
-from app.schemas import POSSIBLE, STATES, ObservationRows
-from app.timebase import MAX_HOURS
+from app.schemas import POSSIBLE, STATES, ObservationRows, plain_values
 
 __all__ = ["decode_plain_batch"]
 
@@ -158,10 +157,7 @@ def _columns(given: list[list[_Row] | _Columns], counts: list[int]
         o.time if isinstance(o, _Columns) else map(_TIME, o) for o in given), np.float64, n)
     values = np.fromiter(chain.from_iterable(
         o.value if isinstance(o, _Columns) else map(_VALUE, o) for o in given), np.float64, n)
-    bounds = _BOUNDS[code]
-    state = _STATE[code]
-    if not ((hours >= 0) & (hours <= MAX_HOURS) & (values >= bounds[:, 0])
-            & (values <= bounds[:, 1]) & (~state | (values == 0) | (values == 1))).all():
+    if not plain_values(hours, values, _BOUNDS[code], _STATE[code]):
         return None
     ends = np.cumsum(counts).tolist()
     starts = [end - count for end, count in zip(ends, counts, strict=True)]

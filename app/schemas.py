@@ -56,6 +56,7 @@ __all__ = [
     "Observation",
     "ObservationColumns",
     "ObservationRows",
+    "plain_values",
     "POSSIBLE",
     "STATES",
     "PredictRequest",
@@ -324,6 +325,16 @@ def _plain_columns(rows: object) -> ObservationRows | None:
     return _plain_lists(times, variables, values)
 
 
+def plain_values(hours: np.ndarray, values: np.ndarray, bounds: np.ndarray,
+                 state: np.ndarray) -> bool:
+    """Whether every row's time is in range and its value possible for its variable
+    (`bounds` (n, 2), the catalogue's possible range; `state` (n,), a 0/1 variable): the
+    row checks of the fast paths, which otherwise leave the rows to the validators. NaN
+    fails every comparison, so it is not plain either."""
+    return bool(((hours >= 0) & (hours <= MAX_HOURS) & (values >= bounds[:, 0])
+                 & (values <= bounds[:, 1]) & (~state | (values == 0) | (values == 1))).all())
+
+
 def _plain_lists(times: list[Any], variables: list[Any], values: list[Any]
                  ) -> ObservationRows | None:
     """`_plain_columns` of rows given as three lists of equal length (the column form)."""
@@ -343,9 +354,7 @@ def _plain_lists(times: list[Any], variables: list[Any], values: list[Any]
         return None
     bounds = np.array([POSSIBLE[name] for name in names], dtype=np.float64)[code]
     state = np.array([name in STATES for name in names], dtype=bool)[code]
-    # NaN fails every comparison: not plain either
-    if not ((hours >= 0) & (hours <= MAX_HOURS) & (numbers >= bounds[:, 0])
-            & (numbers <= bounds[:, 1]) & (~state | (numbers == 0) | (numbers == 1))).all():
+    if not plain_values(hours, numbers, bounds, state):
         return None
     return ObservationRows(names, code, numbers, hours)
 
