@@ -25,8 +25,9 @@ __all__ = [
 ]
 
 
-_ITEM = {"what_if": "plan (or leave what_if out)"}  # else: the
-# field's name without its plural s (observations -> observation, patients -> patient)
+# What one item of a list field is called where its name without the plural s is not it
+# (observations -> observation, patients -> patient).
+_ITEM = {"what_if": "plan (or leave what_if out)"}
 
 
 def empty_list_problem(error: Mapping[str, Any]) -> str | None:
