@@ -1,15 +1,22 @@
-"""Micro-batching: concurrent requests are scored together, by one inference thread.
+"""Micro-batching: concurrent requests are scored together, by a few inference threads.
 
 A forward pass and the integrated-gradients passes of 16 stays cost a fraction of 16
-single-stay passes, and on a small machine one thread that owns torch (with
-`VITALCAST_TORCH_THREADS` intra-op threads) leaves the other cores to the event loop
-instead of several pool threads fighting over them and each growing its own allocator
-arena. Requests queue while a batch runs and the next batch takes everything queued (up
-to `max_patients`), so batches grow with the load and a lone request never waits for
+single-stay passes, and on a small machine a few threads that own torch (each with
+`VITALCAST_TORCH_THREADS` intra-op threads) leave the other cores to the event loop
+instead of many pool threads fighting over them and each growing its own allocator arena.
+Requests queue while batches run and the next free thread takes everything queued (up to
+`max_patients`), so batches grow with the load and a lone request never waits for
 company; `max_delay_s` may hold a batch open a little longer for more requests.
 
+Why more than one thread (`threads`, `VITALCAST_INFERENCE_THREADS`, default 2): torch
+lets the GIL go inside each operator, Python around a batch (tensorising, building the
+answers) holds it. With one thread the forward pass of one batch and the Python of the
+next took turns; with two, one thread's forward pass runs while the other tensorises or
+answers, and bulk scoring with requests in flight gains ~25 % on two cores
+(benchmarks/scoring.py). Threads share the models (inference only) and the cache (locked).
+
 A single patient the cache holds (`answer`) is answered on the event loop: no torch, no
-thread hop; a batch request goes to the thread, whose scoring uses the cache too. A
+thread hop; a batch request goes to the threads, whose scoring uses the cache too. A
 patient whose own output is unusable fails alone (`predict_each`); if scoring a merged
 batch raises, its requests are scored again one at a time so that the
 error stays with the request that caused it.
@@ -44,29 +51,36 @@ class _Item:
 
 class Batcher:
     def __init__(self, score: ScoreFn, max_patients: int = 64, max_delay_s: float = 0.0,
-                 answer: AnswerFn | None = None) -> None:
+                 answer: AnswerFn | None = None, threads: int = 1) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
         self.score = score
         self.answer = answer  # cheap answers (the cache), tried on the event loop first
         self.max_patients = max_patients
         self.max_delay_s = max_delay_s
+        self.threads = threads
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._running: list[threading.Thread] = []
         self._lock = threading.Lock()
 
     def start(self) -> None:
         with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="vitalcast-inference",
-                                                daemon=True)
-                self._thread.start()
+            self._running = [t for t in self._running if t.is_alive()]
+            for i in range(len(self._running), self.threads):
+                thread = threading.Thread(target=self._run, name=f"vitalcast-inference-{i}",
+                                          daemon=True)
+                thread.start()
+                self._running.append(thread)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish what is queued, then end the thread."""
+        """Finish what is queued, then end the threads."""
         with self._lock:
-            thread, self._thread = self._thread, None
-        if thread is not None:
+            running, self._running = self._running, []
+        for _ in running:  # each thread ends at the first None it takes
             self._queue.put(None)
-            thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in running:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     async def submit(self, jobs: Sequence[Job]) -> list[Outcome]:
         """Score `jobs` (one request's patients) in the next batch; outcomes in their order."""

@@ -15,6 +15,7 @@ hook otherwise; both give the same value for every body the fast path takes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Coroutine
 from email.message import Message
@@ -124,6 +125,10 @@ def check_json_content_type(content_type: str | None) -> None:
 
 
 FastBody = Callable[[bytes], Any | None]
+# A fast decoder (app.plainbody) parses bodies larger than this in a worker thread: the
+# event loop goes on receiving and answering other requests, and Arrow parses without the
+# GIL, beside the inference threads' forward passes.
+_OFF_LOOP_BYTES = 64 * 1024
 
 
 class StrictJsonRequest(Request):
@@ -137,7 +142,10 @@ class StrictJsonRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             body = await self.body()
-            value = self._fast_body(body) if self._fast_body is not None else None
+            value = None
+            if self._fast_body is not None:
+                value = (await asyncio.to_thread(self._fast_body, body)
+                         if len(body) > _OFF_LOOP_BYTES else self._fast_body(body))
             self._json = value if value is not None else parse_json(body)
         return self._json
 

@@ -205,7 +205,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry = ModelRegistry(settings.model_dir, settings.default_model)
     cache = PredictionCache(settings.cache_entries)
     batcher = Batcher(partial(predict_each, cache=cache), settings.batch_patients,
-                      settings.batch_delay_ms / 1000, answer=partial(answer_cached, cache=cache))
+                      settings.batch_delay_ms / 1000, answer=partial(answer_cached, cache=cache),
+                      threads=settings.inference_threads)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -2,37 +2,39 @@
 
 A 256-patient batch holds ~56,000 observation rows. Parsing it into a dict per row
 (`parse_json`, orjson plus its duplicate-key check) and reading the rows back into columns
-cost more than the batch's forward pass. `decode_plain_batch` decodes such a body with
-msgspec into typed rows (no dict per row; number and field checks in C), checks every row
-of every patient at once with numpy, and hands the route what `parse_json` would have
-given with each `observations` list replaced by its `ObservationRows`; the route's model
-(`BatchRequest`) then validates everything else as for any body.
+cost more than the batch's forward pass. `decode_plain_batch` parses such a body with
+Arrow's JSON reader against a fixed schema, straight into typed columns (no Python object
+per row or per number), checks every row of every patient at once with numpy, and hands
+the route what `parse_json` would have given with each `observations` list replaced by its
+`ObservationRows`; the route's model (`BatchRequest`) then validates everything else as
+for any body. Arrow parses without the GIL: while one batch is parsed the inference thread
+goes on with the forward pass of the one before, which Python-level decoding (msgspec,
+orjson) held up at every operator.
 
 It answers None for any body that is not plain, which then takes the general path
 (`parse_json`, the per-field validators) and gets its answer, or its error message, from
 there: the fast path never decides an error. Plain means, beyond `_plain_columns`'s rows
 (time a number of hours in range, a catalogue variable, a number in its possible range):
-patients with only patient_id, model, static (age, sex, weight, height) and observations
-(rows, or the column form `schemas.ObservationColumns` with lists of equal length); no
-backslash escapes, no run of 19 digits (orjson turns such integers into floats, the
-general path keeps them exact) and no repeated key. Numbers come out as orjson's do, bit
-for bit (msgspec reads `-0` as 0.0 too; tests/app/test_plainbody.py compares them).
-
-A repeated key is found as `jsonbody._fast` finds it: without escapes every colon of the
-body is after a key or inside a string, and the typed value says how many keys each object
-kept and which strings it holds; a repeated key leaves its colon (and its value's) out of
-that count (the column form has three keys, whatever its length).
+one JSON object {"patients": [...]}, patients with only patient_id, model, static (age,
+sex, weight, height) and observations, every patient's observations in the same form (all
+rows, or all the column form `schemas.ObservationColumns` with lists of equal length); no
+backslash escapes, no run of 19 digits (orjson turns such integers into floats, the general
+path keeps them exact), no number written `-0` and no NaN or Infinity (JSON has neither;
+Arrow reads them); null only where the general path takes it as left out. Numbers come out
+as orjson's do, bit for bit (tests/app/test_plainbody.py compares them). Arrow refuses a
+repeated key, a value of another JSON type than the schema's and a field the schema does
+not name.
 """
 
 from __future__ import annotations
 
-from itertools import chain
-from operator import attrgetter
-from typing import TYPE_CHECKING, Any, Literal
+import re
+from typing import Any
 
-import msgspec
 import numpy as np
-from msgspec import UNSET, UnsetType
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
 
 from app.jsonbody import has_long_number
 from app.schemas import POSSIBLE, STATES, ObservationRows, plain_values
@@ -40,134 +42,140 @@ from app.schemas import POSSIBLE, STATES, ObservationRows, plain_values
 __all__ = ["decode_plain_batch"]
 
 _NAMES = list(POSSIBLE)  # every variable an observation may name: measurements, interventions
-_CODE = {name: i for i, name in enumerate(_NAMES)}
+_NAME_SET = pa.array(_NAMES, pa.string())
 _BOUNDS = np.array([POSSIBLE[name] for name in _NAMES], dtype=np.float64)
 _STATE = np.array([name in STATES for name in _NAMES], dtype=bool)  # value 0 or 1 only
-if TYPE_CHECKING:
-    _Variable = str
-else:  # msgspec checks the name in C and gives the catalogue's own string (hash cached)
-    _Variable = Literal[tuple(_NAMES)]
+
+_STATIC = pa.struct([("age", pa.float64()), ("sex", pa.string()), ("weight", pa.float64()),
+                     ("height", pa.float64())])
+_ROW = pa.struct([("time", pa.float64()), ("variable", pa.string()), ("value", pa.float64())])
+_COLUMNS = pa.struct([("time", pa.list_(pa.float64())), ("variable", pa.list_(pa.string())),
+                      ("value", pa.list_(pa.float64()))])
 
 
-class _Row(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    time: float  # msgspec's float takes JSON integers and floats, not true/false or strings
-    variable: _Variable
-    value: float
+def _options(observations: pa.DataType) -> pj.ParseOptions:
+    patient = pa.struct([("patient_id", pa.string()), ("model", pa.string()),
+                         ("static", _STATIC), ("observations", observations)])
+    return pj.ParseOptions(explicit_schema=pa.schema([("patients", pa.list_(patient))]),
+                           unexpected_field_behavior="error", newlines_in_values=True)
 
 
-class _Columns(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """The column form of a patient's observations (`schemas.ObservationColumns`)."""
-
-    time: list[float]
-    variable: list[_Variable]
-    value: list[float]
-
-
-class _Static(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    age: float | None | UnsetType = UNSET
-    sex: str | None | UnsetType = UNSET
-    weight: float | None | UnsetType = UNSET
-    height: float | None | UnsetType = UNSET
-
-
-class _Patient(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    observations: list[_Row] | _Columns
-    patient_id: str | None | UnsetType = UNSET
-    model: str | None | UnsetType = UNSET
-    static: _Static | None | UnsetType = UNSET
-
-
-class _Batch(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    patients: list[_Patient]
-
-
-_DECODER = msgspec.json.Decoder(_Batch)
-_PATIENT_FIELDS = ("patient_id", "model", "static")
-_STATIC_FIELDS = _Static.__struct_fields__
-_TIME, _VARIABLE, _VALUE = attrgetter("time"), attrgetter("variable"), attrgetter("value")
-
-# Keys are field names and variables catalogue names: neither holds a colon to count.
-if any(":" in name for name in chain(POSSIBLE, _Row.__struct_fields__, _STATIC_FIELDS,
-                                     _Patient.__struct_fields__)):
-    raise ImportError("a field or variable name holds ':': the repeated-key count breaks")
+_ROWS_FORM, _COLUMNS_FORM = _options(pa.list_(_ROW)), _options(_COLUMNS)
+# The first patient's observations: "[" rows, "{" the column form.
+_FIRST_FORM = re.compile(rb'"observations"\s*:\s*([\[{])')
+_MINUS_ZERO = re.compile(rb"-0(?![.\deE])")  # orjson reads it as the integer 0, Arrow as -0.0
 
 
 def decode_plain_batch(body: bytes) -> dict[str, Any] | None:
     """`parse_json(body)` with the observations as `ObservationRows`, or None when the body
     is not plain (module docstring): the general path then decides."""
-    if b"\\" in body or has_long_number(body):
+    if b"\\" in body or has_long_number(body) or _MINUS_ZERO.search(body):
         return None
-    try:
-        batch = _DECODER.decode(body)
-    except (msgspec.DecodeError, ValueError):  # malformed JSON or UTF-8, another shape or
-        return None  # type, a number too large
-    if not batch.patients:
+    first = _FIRST_FORM.search(body)
+    if first is None:
         return None
-    given = [p.observations for p in batch.patients]
-    counts = list(map(_rows_given, given))
-    if 0 in counts or -1 in counts:
+    columns = first.group(1) == b"{"
+    try:  # Arrow reads one object per row, without the GIL
+        table = pj.read_json(pa.py_buffer(body),
+                             read_options=pj.ReadOptions(use_threads=False,
+                                                         block_size=len(body) + 1),
+                             parse_options=_COLUMNS_FORM if columns else _ROWS_FORM)
+    except (pa.ArrowInvalid, UnicodeDecodeError):  # malformed JSON or UTF-8, another shape
+        return None  # or type, a number too large, a repeated or unknown key
+    if table.num_rows != 1:  # no object, or several one after the other
         return None
-    observations = _columns(given, counts)
+    batch = table.column("patients").combine_chunks()
+    if batch.null_count or not len(batch[0]):
+        return None
+    patients = batch.flatten()  # StructArray, one per patient
+    patient_id, model, static, given = patients.flatten()
+    if patients.null_count or given.null_count:
+        return None
+    try:  # Arrow's reader leaves UTF-8 unchecked; a bad variable name fails index_in
+        for strings in (patient_id, model, static.field("sex")):
+            strings.validate(full=True)
+    except pa.ArrowInvalid:
+        return None
+    if columns:
+        time, variable, value = given.flatten()
+        counts = time.value_lengths().to_numpy()
+        if (not np.array_equal(counts, variable.value_lengths().to_numpy())
+                or not np.array_equal(counts, value.value_lengths().to_numpy())):
+            return None  # lists of different lengths: the general path names them
+        time, variable, value = time.flatten(), variable.flatten(), value.flatten()
+    else:
+        counts = given.value_lengths().to_numpy()
+        time, variable, value = given.flatten().flatten()
+    if 0 in counts:
+        return None
+    observations = _columns(time, variable, value, counts)
     if observations is None:
         return None
-    # Keys: "patients", then time, variable and value of each row or of each column form.
-    patients, colons_in_strings = [], 0
-    keys = 1 + 3 * sum(1 if isinstance(rows, _Columns) else len(rows) for rows in given)
-    for patient, rows_of_patient in zip(batch.patients, observations, strict=True):
-        out: dict[str, Any] = {}
-        for name in _PATIENT_FIELDS:
-            value = getattr(patient, name)
-            if value is UNSET:
-                continue
-            if isinstance(value, _Static):
-                value = {k: v for k in _STATIC_FIELDS if (v := getattr(value, k)) is not UNSET}
-                keys += len(value)
-                colons_in_strings += sum(v.count(":") for v in value.values()
-                                         if isinstance(v, str))
-            elif isinstance(value, str):
-                colons_in_strings += value.count(":")
-            out[name] = value
-        out["observations"] = rows_of_patient
-        keys += len(out)
-        patients.append(out)
-    if body.count(b":") != keys + colons_in_strings:
-        return None  # a repeated key: which value is meant is the general path's to say
-    return {"patients": patients}
+    ids, models = patient_id.to_pylist(), model.to_pylist()
+    statics = _statics(static)
+    if statics is None:
+        return None
+    out: list[dict[str, Any]] = []
+    for i, rows in enumerate(observations):
+        patient: dict[str, Any] = {"observations": rows}
+        if ids[i] is not None:
+            patient["patient_id"] = ids[i]
+        if models[i] is not None:
+            patient["model"] = models[i]
+        if statics[i] is not None:
+            patient["static"] = statics[i]
+        out.append(patient)
+    return {"patients": out}
 
 
-def _rows_given(observations: list[_Row] | _Columns) -> int:
-    """How many rows a patient sends; -1 for columns of different lengths (not plain)."""
-    if isinstance(observations, _Columns):
-        n = len(observations.time)
-        return n if len(observations.variable) == len(observations.value) == n else -1
-    return len(observations)
+def _statics(static: pa.StructArray) -> list[dict[str, Any] | None] | None:
+    """Each patient's static descriptors as parse_json gives them, a null as a field left
+    out (every one defaults to None); None when a number is NaN or infinite."""
+    fields = [f.name for f in static.type]
+    arrays = static.flatten()
+    for array in arrays:
+        if pa.types.is_floating(array.type):
+            given = array.is_valid().to_numpy(zero_copy_only=False)
+            if not np.isfinite(array.to_numpy(zero_copy_only=False)[given]).all():
+                return None
+    given = static.is_valid().to_numpy(zero_copy_only=False)
+    columns = [array.to_pylist() for array in arrays]
+    return [{name: column[i] for name, column in zip(fields, columns, strict=True)
+             if column[i] is not None} if given[i] else None for i in range(len(static))]
 
 
-def _columns(given: list[list[_Row] | _Columns], counts: list[int]
+def _columns(time: pa.Array, variable: pa.Array, value: pa.Array, counts: np.ndarray
              ) -> list[ObservationRows] | None:
     """Each patient's rows as columns when every row of the batch is plain, else None.
 
-    The checks of `schemas._plain_columns` (the decoder has checked types and names), once
-    over the whole batch; each patient's distinct names in order of first appearance."""
-    n, n_patients = sum(counts), len(counts)
-    variables = list(chain.from_iterable(
-        o.variable if isinstance(o, _Columns) else map(_VARIABLE, o) for o in given))
-    code = np.fromiter(map(_CODE.__getitem__, variables), np.int64, n)
-    hours = np.fromiter(chain.from_iterable(
-        o.time if isinstance(o, _Columns) else map(_TIME, o) for o in given), np.float64, n)
-    values = np.fromiter(chain.from_iterable(
-        o.value if isinstance(o, _Columns) else map(_VALUE, o) for o in given), np.float64, n)
-    if not plain_values(hours, values, _BOUNDS[code], _STATE[code]):
+    The checks of `schemas._plain_columns` (Arrow has checked the types), once over the
+    whole batch; each patient's distinct names in order of first appearance."""
+    code_array = pc.index_in(variable, value_set=_NAME_SET)  # null: not a catalogue name
+    if time.null_count or variable.null_count or value.null_count or code_array.null_count:
         return None
-    ends = np.cumsum(counts).tolist()
-    starts = [end - count for end, count in zip(ends, counts, strict=True)]
-    names = [list(dict.fromkeys(variables[s:e])) for s, e in zip(starts, ends, strict=True)]
+    code = code_array.to_numpy().astype(np.int64)
+    hours, values = time.to_numpy(), value.to_numpy()
+    if not plain_values(hours, values, _BOUNDS[code], _STATE[code]):
+        return None  # out of range, impossible, or NaN/Infinity (every comparison fails)
+    n_patients, n_names = len(counts), len(_NAMES)
+    patient = np.repeat(np.arange(n_patients), counts)
+    # Each patient's distinct names in order of first appearance: patients are contiguous,
+    # so ordering the first appearances keeps them grouped and in the request's order.
+    keys, first = np.unique(patient * n_names + code, return_index=True)
+    keys = keys[np.argsort(first, kind="stable")]
+    sizes = np.bincount(keys // n_names, minlength=n_patients)
+    own_codes = keys % n_names
     # position[patient, catalogue code] = the name's position among the patient's names
-    sizes = list(map(len, names))
-    position = np.zeros((n_patients, len(_NAMES)), dtype=np.int64)
-    position[np.repeat(np.arange(n_patients), sizes),
-             np.fromiter(map(_CODE.__getitem__, chain.from_iterable(names)), np.int64,
-                         sum(sizes))] = np.concatenate([np.arange(k) for k in sizes])
-    own = position[np.repeat(np.arange(n_patients), counts), code]
-    return [ObservationRows(own_names, own[s:e], values[s:e], hours[s:e])
-            for own_names, s, e in zip(names, starts, ends, strict=True)]
+    position = np.zeros((n_patients, n_names), dtype=np.int64)
+    position[keys // n_names, own_codes] = np.arange(len(keys)) - np.repeat(
+        np.cumsum(sizes) - sizes, sizes)
+    own = position[patient, code]
+    ends = np.cumsum(counts).tolist()
+    name_ends = np.cumsum(sizes).tolist()
+    out: list[ObservationRows] = []
+    for i, end in enumerate(ends):
+        start, names_end = end - int(counts[i]), name_ends[i]
+        names = [_NAMES[c] for c in own_codes[names_end - int(sizes[i]):names_end].tolist()]
+        out.append(ObservationRows(names, own[start:end], values[start:end],
+                                   hours[start:end]))
+    return out

@@ -46,7 +46,10 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1)
     # torch intra-op threads per process: small, so workers do not oversubscribe the cores
     torch_threads: int = Field(default=1, ge=1)
-    # most patients the inference thread scores in one batch (concurrent requests merged)
+    # threads that score batches (app.batching): one runs a forward pass while another
+    # tensorises or answers
+    inference_threads: int = Field(default=2, ge=1, le=16)
+    # most patients an inference thread scores in one batch (concurrent requests merged)
     batch_patients: int = Field(default=64, ge=1)
     # ms a batch is held open for more concurrent requests; 0 = score what is queued now
     batch_delay_ms: float = Field(default=0.0, ge=0, le=100)

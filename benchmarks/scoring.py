@@ -34,9 +34,11 @@ endpoint: >= 0.5). torch runs with `--threads` intra-op threads (the server's de
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--phase", type=int, default=4,
                     help="batches per phase when the endpoint and the raw pass take turns")
+    ap.add_argument("--in-flight", type=int, default=2,
+                    help="requests sent at once (besides one at a time), as a bulk client would")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--contributions", action="store_true",
                     help="ask the batch endpoint for the IG contributions too")
@@ -154,10 +158,25 @@ def main() -> None:
         params = {"contributions": "true" if args.contributions else "false"}
         print(f"contributions: {params['contributions']}")
         with (serve(model_dir, Path(tmp) / "server.log", env=env) as server,
-              httpx.Client(base_url=server.base_url, timeout=600) as client):
+              httpx.Client(base_url=server.base_url, timeout=600) as client,
+              ThreadPoolExecutor(args.in_flight) as pool):
+
+            def post(request: tuple[int, bytes]) -> int:
+                """Send one batch; the number of patients it scored."""
+                count, body = request
+                r = client.post("/v1/predict/batch", content=body, headers=headers,
+                                params=params)
+                if r.status_code != 200:
+                    raise SystemExit(f"batch answered {r.status_code}: {r.text[:300]}")
+                results = orjson.loads(r.content)["results"]
+                if len(results) != count:
+                    raise SystemExit(f"{len(results)} results for {count} patients")
+                return count
+
             client.post("/v1/predict/batch", content=forms["rows"][0][1], headers=headers,
                         params=params)  # warm-up
-            for form, bodies in forms.items():
+            for (form, bodies), in_flight in itertools.product(forms.items(),
+                                                              sorted({1, args.in_flight})):
                 # Phases of `--phase` batches, the raw forward pass and the endpoint in turn:
                 # both see the same load from other processes on the machine.
                 scored, http_s, raw_again_s = 0, 0.0, 0.0
@@ -166,21 +185,13 @@ def main() -> None:
                     start = first * args.batch
                     raw_again_s += forward(start, min(start + sum(c for c, _ in phase), n))
                     t0 = time.perf_counter()
-                    for count, body in phase:
-                        r = client.post("/v1/predict/batch", content=body, headers=headers,
-                                        params=params)
-                        if r.status_code != 200:
-                            raise SystemExit(f"batch answered {r.status_code}: {r.text[:300]}")
-                        results = orjson.loads(r.content)["results"]
-                        if len(results) != count:
-                            raise SystemExit(f"{len(results)} results for {count} patients")
-                        scored += count
+                    scored += sum(pool.map(post, phase) if in_flight > 1 else map(post, phase))
                     http_s += time.perf_counter() - t0
                 endpoint = scored / http_s
                 raw_alongside = scored / raw_again_s
                 ratio = endpoint / raw_alongside
                 size = sum(len(b) for _, b in bodies)
-                print(f"observations as {form}:")
+                print(f"observations as {form}, {in_flight} request(s) in flight:")
                 print(f"  raw forward pass, in turn with the endpoint: {raw_alongside:9,.0f} "
                       f"patients/s ({raw_again_s:.2f} s)")
                 print(f"  batch endpoint (HTTP):{endpoint:9,.0f} patients/s  ({http_s:.2f} s "

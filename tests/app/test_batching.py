@@ -94,6 +94,33 @@ def test_stop_finishes_what_is_queued(delay: float) -> None:
         batcher.stop()
 
 
+def test_with_two_threads_one_scores_while_the_other_is_busy() -> None:
+    release = threading.Event()
+
+    def score(jobs: Sequence[Any]) -> list[Outcome]:
+        if "slow" in jobs:
+            release.wait(10)
+        return list(jobs)
+
+    batcher = Batcher(score, max_patients=64, threads=2)  # type: ignore[arg-type]
+    before = set(threading.enumerate())
+
+    async def run() -> tuple[list[Outcome], list[Outcome], bool]:
+        slow = asyncio.ensure_future(batcher.submit(["slow"]))
+        await asyncio.sleep(0.05)  # the first thread is inside score
+        quick = await asyncio.wait_for(batcher.submit(["quick"]), 5)
+        waiting = not slow.done()
+        release.set()
+        return await slow, quick, waiting
+
+    try:
+        slow, quick, waiting = asyncio.run(run())
+    finally:
+        batcher.stop()
+    assert (slow, quick, waiting) == (["slow"], ["quick"], True)
+    assert not set(threading.enumerate()) - before  # stop ended both threads
+
+
 def test_concurrent_http_requests_each_get_their_own_answer(client: TestClient) -> None:
     bodies = [request_body(patient_id=f"p{i}", observations=[
         {"time": 0.5 + i, "variable": "heart_rate", "value": 60 + 5 * i},
