@@ -1,7 +1,8 @@
 """Bulk scoring speed: the batch endpoint and the evaluation path against the raw forward pass.
 
     python -m benchmarks.scoring [--patients 10000] [--batch 256] [--http-patients N]
-                                 [--threads 1] [--phase 4] [--seed 7] [--contributions]
+                                 [--threads 1] [--phase 4] [--in-flight 3] [--seed 7]
+                                 [--contributions]
 
 A synthetic cohort (training.synthesize) is scored with the default model (benchmarks._server:
 bi-LSTM at the default sizes, random weights) three ways, each timed on its own:
@@ -13,18 +14,20 @@ bi-LSTM at the default sizes, random weights) three ways, each timed on its own:
 3. batch endpoint: `POST /v1/predict/batch` on a real server (`python -m app`, uvicorn, one
    worker, loopback), batches of `--batch` patients, JSON in and JSON out end to end:
    request bodies are encoded before the clock starts, the clock runs from the first byte
-   sent to the last response parsed; one request at a time on one connection. Responses
+   sent to the last response parsed; one request at a time on one connection, then
+   `--in-flight` requests at a time on as many connections, as a bulk client would send
+   them (the server parses one body while it scores another). Responses
    carry risk, prognosis, NEWS2, warnings and attention; `?contributions=false` leaves out
    the integrated-gradients contributions (several forward and backward passes per patient,
    which no forward-pass budget covers) unless `--contributions`. The server's prediction
    cache is off: every patient is scored. `--http-patients` scores only the first N
-   patients this way (default: all). It runs twice: each patient's observations as a list
-   of rows (the headline figure), then as the column form {"time": [...], "variable":
-   [...], "value": [...]} (the same rows, a body ~40 % the size).
+   patients this way (default: all). Each patient's observations are sent as a list of
+   rows, then as the column form {"time": [...], "variable": [...], "value": [...]} (the
+   same rows, a body ~40 % the size).
 
 The endpoint's ratio is taken against the raw forward pass of the same patients timed in
-turn with it (`--phase` batches of one, then `--phase` batches of the other): other
-processes' load on the machine falls on both alike. The first raw figure, one pass over
+turn with it (`--phase` batches per request in flight of one, then as many of the other):
+other processes' load on the machine falls on both alike. The first raw figure, one pass over
 the cohort before anything else, is printed too.
 
 Prints patients/s for each and the ratios to the raw forward pass (target for the batch
@@ -89,7 +92,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--phase", type=int, default=4,
                     help="batches per phase when the endpoint and the raw pass take turns")
-    ap.add_argument("--in-flight", type=int, default=2,
+    ap.add_argument("--in-flight", type=int, default=3,
                     help="requests sent at once (besides one at a time), as a bulk client would")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--contributions", action="store_true",
@@ -177,11 +180,13 @@ def main() -> None:
                         params=params)  # warm-up
             for (form, bodies), in_flight in itertools.product(forms.items(),
                                                               sorted({1, args.in_flight})):
-                # Phases of `--phase` batches, the raw forward pass and the endpoint in turn:
-                # both see the same load from other processes on the machine.
+                # Phases of `--phase` batches per request in flight, the raw forward pass and
+                # the endpoint in turn: both see the same load from other processes on the
+                # machine (requests in flight need a phase long enough to fill the pipeline).
                 scored, http_s, raw_again_s = 0, 0.0, 0.0
-                for first in range(0, len(bodies), args.phase):
-                    phase = bodies[first:first + args.phase]
+                per_phase = args.phase * in_flight
+                for first in range(0, len(bodies), per_phase):
+                    phase = bodies[first:first + per_phase]
                     start = first * args.batch
                     raw_again_s += forward(start, min(start + sum(c for c, _ in phase), n))
                     t0 = time.perf_counter()
