@@ -6,7 +6,11 @@ single-stay passes, and on a small machine a few threads that own torch (each wi
 instead of many pool threads fighting over them and each growing its own allocator arena.
 Requests queue while batches run and the next free thread takes everything queued (up to
 `max_patients`), so batches grow with the load and a lone request never waits for
-company; `max_delay_s` may hold a batch open a little longer for more requests.
+company; `max_delay_s` may hold a batch open a little longer for more requests. A request
+of more than `chunk_patients` (128) patients, a bulk batch, is queued as chunks of that
+size, which the threads score side by side: on a CPU the forward pass runs as fast per
+patient at 64-128 stays as at 256, and one chunk's forward pass overlaps another's Python
+(chunks of 128 scored a stream of 256-patient requests faster than chunks of 64).
 
 Why more than one thread (`threads`, `VITALCAST_INFERENCE_THREADS`, default 2): torch
 lets the GIL go inside each operator, Python around a batch (tensorising, building the
@@ -51,14 +55,17 @@ class _Item:
 
 class Batcher:
     def __init__(self, score: ScoreFn, max_patients: int = 64, max_delay_s: float = 0.0,
-                 answer: AnswerFn | None = None, threads: int = 1) -> None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
+                 answer: AnswerFn | None = None, threads: int = 1,
+                 chunk_patients: int = 128) -> None:
+        if threads < 1 or chunk_patients < 1:
+            raise ValueError(f"threads and chunk_patients must be >= 1, got {threads} and "
+                             f"{chunk_patients}")
         self.score = score
         self.answer = answer  # cheap answers (the cache), tried on the event loop first
         self.max_patients = max_patients
         self.max_delay_s = max_delay_s
         self.threads = threads
+        self.chunk_patients = chunk_patients
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._running: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -89,9 +96,16 @@ class Batcher:
             return answered  # a batch request's many responses would hold up the loop
         self.start()
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Outcome]] = loop.create_future()
-        self._queue.put(_Item(jobs, loop, future))
-        return await future
+        futures: list[asyncio.Future[list[Outcome]]] = []
+        for start in range(0, len(jobs), self.chunk_patients):  # chunks the threads share
+            futures.append(loop.create_future())
+            self._queue.put(_Item(jobs[start:start + self.chunk_patients], loop, futures[-1]))
+        outcomes: list[Outcome] = []
+        for chunk in await asyncio.gather(*futures, return_exceptions=True):
+            if isinstance(chunk, BaseException):
+                raise chunk  # the request fails as a whole, with its first chunk's error
+            outcomes.extend(chunk)
+        return outcomes
 
     def _take(self, first: _Item) -> tuple[list[_Item], bool]:
         """`first` and whatever else is queued, up to max_patients; whether to stop after."""

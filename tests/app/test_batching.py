@@ -121,6 +121,38 @@ def test_with_two_threads_one_scores_while_the_other_is_busy() -> None:
     assert not set(threading.enumerate()) - before  # stop ended both threads
 
 
+def test_a_large_request_is_scored_in_chunks_and_answered_in_order() -> None:
+    batches: list[list[Any]] = []
+
+    def score(jobs: Sequence[Any]) -> list[Outcome]:
+        batches.append(list(jobs))
+        return [ModelFailure(f"job {j}") if j == 3 else j for j in jobs]
+
+    batcher = Batcher(score, max_patients=2, threads=2, chunk_patients=2)  # type: ignore[arg-type]
+    try:
+        results = asyncio.run(batcher.submit(list(range(5))))  # type: ignore[arg-type]
+    finally:
+        batcher.stop()
+    assert sorted(map(len, batches)) == [1, 2, 2]  # chunks of at most 2
+    assert results[:3] + results[4:] == [0, 1, 2, 4]  # type: ignore[comparison-overlap]
+    assert isinstance(results[3], ModelFailure)  # an unusable output stays with its patient
+
+
+def test_a_chunk_that_raises_fails_its_request() -> None:
+    def score(jobs: Sequence[Any]) -> list[Outcome]:
+        if 3 in jobs:
+            raise RuntimeError("this chunk breaks the model")
+        return list(jobs)
+
+    batcher = Batcher(score, threads=2, chunk_patients=2)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(RuntimeError, match="this chunk breaks"):
+            asyncio.run(batcher.submit(list(range(5))))  # type: ignore[arg-type]
+        assert asyncio.run(batcher.submit([7, 8, 9])) == [7, 8, 9]  # type: ignore[list-item]
+    finally:
+        batcher.stop()
+
+
 def test_concurrent_http_requests_each_get_their_own_answer(client: TestClient) -> None:
     bodies = [request_body(patient_id=f"p{i}", observations=[
         {"time": 0.5 + i, "variable": "heart_rate", "value": 60 + 5 * i},
