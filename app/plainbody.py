@@ -98,6 +98,8 @@ def decode_plain_batch(body: bytes) -> dict[str, Any] | None:
         return None
     if columns:
         time, variable, value = given.flatten()
+        if time.null_count or variable.null_count or value.null_count:
+            return None  # a list left out or null: the general path names it
         counts = time.value_lengths().to_numpy()
         if (not np.array_equal(counts, variable.value_lengths().to_numpy())
                 or not np.array_equal(counts, value.value_lengths().to_numpy())):

@@ -116,9 +116,12 @@ def test_a_batch_may_mix_both_forms_and_answers_as_for_rows(uncached: TestClient
      "patients[1]: observations mix hours and ISO-8601 date-times (observations[0] and "
      "observations[1])"),
 ])
+@pytest.mark.parametrize("first", [request_body(), as_columns(request_body())],
+                         ids=["after-rows", "after-columns"])  # mixed forms; columns only
 def test_bad_columns_are_refused_naming_the_patient_and_the_row(
-        client: TestClient, observations: dict[str, Any], message: str) -> None:
-    body = {"patients": [request_body(), {"observations": observations}]}
+        client: TestClient, observations: dict[str, Any], message: str,
+        first: dict[str, Any]) -> None:
+    body = {"patients": [first, {"observations": observations}]}
     status, answer = _post(client, "/v1/predict/batch", body)
     assert status == 422
     assert answer["error"]["message"].startswith(message)
