@@ -152,6 +152,36 @@ def test_the_fast_decoder_reads_columns_as_the_general_path(
     assert _validated(fast) == _validated(decode_plain_batch(rows))
 
 
+JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2, 300), st.floats(),
+                       st.sampled_from(["map", "heart_rat", "1.5", "2026-11-22T08:30:00+01:00"]))
+COLUMN_EDITS = st.one_of(  # (list, index or None for the whole list, new value or "drop")
+    st.tuples(st.sampled_from(["time", "variable", "value", "unit"]), st.none(),
+              st.one_of(st.just("drop"), JSON_VALUES, st.lists(JSON_VALUES, max_size=3))),
+    st.tuples(st.sampled_from(["time", "variable", "value"]), st.integers(0, 5), JSON_VALUES))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(PLAIN_PATIENTS, min_size=1, max_size=3),
+       st.lists(st.tuples(st.integers(0, 2), COLUMN_EDITS), min_size=1, max_size=2))
+def test_the_fast_decoder_takes_only_columns_it_reads_as_the_general_path(
+        patients: list[dict[str, Any]], edits: list[tuple[int, tuple[str, int | None, Any]]]
+) -> None:
+    columns = [as_columns(p) for p in patients]
+    for p, (name, index, value) in edits:  # a list dropped, null, of another length or type
+        given = columns[p % len(columns)]["observations"]
+        if index is None:
+            if value == "drop":
+                given.pop(name, None)
+            else:
+                given[name] = value
+        elif isinstance(given.get(name), list) and given[name]:
+            given[name][index % len(given[name])] = value
+    body = json.dumps({"patients": columns}, ensure_ascii=False).encode()
+    fast = decode_plain_batch(body)  # never raises: it decides no error
+    if fast is not None:
+        assert _validated(fast) == _validated(parse_json(body))
+
+
 @pytest.mark.parametrize("edit", [
     ('"value": [118', '"value": [1], "value": [118'),  # a repeated key in the columns
     ('"value": [118, 24', '"value": [118'),  # lengths differ

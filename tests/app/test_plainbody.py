@@ -128,6 +128,18 @@ def test_a_plain_batch_takes_the_fast_path() -> None:
     ('"static": {"age": 50}', '"static": {"age": 50, "bmi": 3}'),
     ('"patient_id": "b"', '"patient_id": "b", "admitted_at": "2026-11-22T08:00:00+01:00"'),
     ('"patient_id": "b"', '"patient_id": "\xff"'),  # not UTF-8 (below)
+    ('"value": 118', '"value": NaN'),  # JSON has no NaN or Infinity; Arrow reads them
+    ('"time": 0.5', '"time": -Infinity'),
+    ('"age": 50', '"age": Infinity'),
+    ('"value": 118', '"value": -0'),  # orjson: the integer 0; Arrow: -0.0
+    ('"value": 118', '"value": null'),
+    ('"age": 50', '"age": "50"'),
+    ('"patient_id": "b"', '"patient_id": 7'),  # Arrow would not make it a string either
+    ('"patient_id": "b"', '"patient_id": "b", "patient_id": null'),  # repeated, one null
+    ('"static": {"age": 50}', '"static": null, "static": {"age": 50}'),
+    ('"patients": [', '"patients": [null, '),
+    ('{"time": 0.5', 'null, {"time": 0.5'),  # a null row
+    ('{"time": 0.5', '{}, {"time": 0.5'),
 ])
 def test_bodies_it_cannot_vouch_for_go_to_the_general_path(edit: tuple[str, str]) -> None:
     text = json.dumps(_plain_batch())
@@ -136,6 +148,57 @@ def test_bodies_it_cannot_vouch_for_go_to_the_general_path(edit: tuple[str, str]
     if "\xff" in edit[1]:
         body = body.replace("\xff".encode(), b"\xff")
     assert decode_plain_batch(body) is None
+
+
+@pytest.mark.parametrize("body", [
+    b"", b" \n", b"[]", b"null", b'{"patients": null}', b'{"patients": []}',
+    b'{"patients": [{"observations": null}]}', b'{"patients": [{"observations": []}]}',
+    b'{"patients": [{"observations": {"time": null, "variable": ["map"], "value": [80]}}]}',
+    b'{"patients": [{"observations": {"time": [1], "variable": ["map"], "value": [null]}}]}',
+    b'{"patients": [{"observations": {"time": [1], "variable": ["map"]}}]}',
+    b'{"patients": [{"observations": {}}]}',
+    b'{"patients": [{"observations": [{"time": 1, "variable": "map", "value": 80}]}, '
+    b'{"observations": {"time": [1], "variable": ["map"], "value": [80]}}]}',  # both forms
+    b'{"patients": [{"observations": [{"time": 1, "variable": "map", "value": 80}]}]}\n{}',
+    b'{"patients": [{"observations": [{"time": 1, "variable": "map", "value": 80}]}]} x',
+    b'{"patients": [{"observations": [{"time": 1, "variable": "map", "value": 80}]}]}\x00',
+    b'{"patients": [{"patient_id": "\xed\xa0\x80", '  # a UTF-8-encoded surrogate
+    b'"observations": [{"time": 1, "variable": "map", "value": 80}]}]}',
+    b'{"patients": [{"patient_id": "\xc0\xaf", '  # overlong UTF-8
+    b'"observations": [{"time": 1, "variable": "map", "value": 80}]}]}',
+    b'{"patients": [{"patient_id": "a\x01", '  # a control character in a string
+    b'"observations": [{"time": 1, "variable": "map", "value": 80}]}]}',
+    b'{"patients": [{"patient_id": "a", '  # a trailing comma
+    b'"observations": [{"time": 1, "variable": "map", "value": 80},]}]}',
+], ids=repr)
+def test_bodies_of_another_shape_go_to_the_general_path(body: bytes) -> None:
+    assert decode_plain_batch(body) is None
+
+
+@pytest.mark.parametrize("edit", [
+    (b'{"patients"', b'\xef\xbb\xbf{"patients"'),  # a BOM: both read past it
+    (b", ", b",\r\n\t "),  # pretty-printed
+    (b'"value": 118', b'"value": 1.18E2'),
+    (b'"value": 118', b'"value": 11800e-2'),
+    (b'"value": 118', b'"value": 118.00000000000001'),  # 17 digits: rounded as orjson does
+    (b'"value": 24', b'"value": 5e-324'),
+    (b'"value": 24', b'"value": 1e-400'),  # underflows to 0.0 in both
+    (b'"time": 0.5', b'"time": -0.0'),  # hour -0.0 is hour 0, with its sign
+    (b'"patient_id": "b"', b'"patient_id": null'),  # null: as if left out
+    (b'"patient_id": "b"', b'"patient_id": "null: -1"'),
+    (b'"patient_id": "b"', b'"model": null, "patient_id": "b"'),
+    (b'"static": {"age": 50}', b'"static": null'),
+    (b'"static": {"age": 50}', b'"static": {"age": null, "sex": null}'),
+    (b'"static": {"age": 50}', b'"static": {}'),
+    (b'"static": {"age": 50}', b'"static": {"age": 500}'),  # taken; the model refuses it
+])
+def test_bodies_it_takes_validate_as_on_the_general_path(edit: tuple[bytes, bytes]) -> None:
+    text = json.dumps(_plain_batch()).encode()
+    assert edit[0] in text
+    body = text.replace(edit[0], edit[1])
+    fast = decode_plain_batch(body)
+    assert fast is not None
+    assert _validated(fast) == _general(body)
 
 
 def test_a_repeated_key_in_a_plain_batch_is_refused_as_before(client: TestClient) -> None:
