@@ -7,6 +7,7 @@ import asyncio
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,8 @@ from fastapi.testclient import TestClient
 
 from app.batching import Batcher, Outcome
 from app.errors import ModelFailure
-from tests.app.support import USER, request_body
+from app.main import create_app
+from tests.app.support import USER, request_body, settings_for
 
 
 class FakeScore:
@@ -166,3 +168,34 @@ def test_concurrent_http_requests_each_get_their_own_answer(client: TestClient) 
         assert t["risk"]["probability"] == pytest.approx(a["risk"]["probability"], abs=1e-6)
         assert [v["variable"] for v in t["explanation"]["variables"]] == [
             v["variable"] for v in a["explanation"]["variables"]]
+
+
+def test_bulk_requests_in_flight_are_answered_in_order_across_chunks(
+        shared_model_dir: Path) -> None:
+    """Two 300-patient requests at once: chunks of 128 from both, scored by two threads in
+    whatever order, each request's answers in its own order and each patient's as alone."""
+    def patient(i: int) -> dict[str, object]:
+        return request_body(patient_id=f"p{i}", observations=[
+            {"time": 0.5 + i % 40, "variable": "heart_rate", "value": 50 + i % 97},
+            {"time": 1.0, "variable": "lactate", "value": 0.5 + (i % 13) / 2}])
+
+    requests = [[patient(i) for i in range(300)], [patient(i) for i in range(300, 600)]]
+    settings = settings_for(shared_model_dir, cache_entries=0, inference_threads=2)
+    with TestClient(create_app(settings)) as client:
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda patients: client.post(
+                "/v1/predict/batch", json={"patients": patients}, headers=USER,
+                params={"contributions": "false"}), requests))
+        for patients, r in zip(requests, answers, strict=True):
+            assert r.status_code == 200
+            results = r.json()["results"]
+            assert [a["patient_id"] for a in results] == [p["patient_id"] for p in patients]
+            for i in (0, 127, 128, 255, 256, 299):  # each side of the chunks' bounds
+                alone = client.post("/v1/predict", json=patients[i], headers=USER,
+                                    params={"contributions": "false"}).json()
+                assert results[i]["risk"]["probability"] == pytest.approx(
+                    alone["risk"]["probability"], abs=1e-6)  # float32, batched or alone
+                assert results[i]["news2"] == alone["news2"]
+                bins = results[i]["explanation"]["attention"]
+                assert [(b["start"], b["end"]) for b in bins] == [
+                    (b["start"], b["end"]) for b in alone["explanation"]["attention"]]
