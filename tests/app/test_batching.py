@@ -4,6 +4,7 @@ stays with the request it is about."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -177,9 +178,12 @@ def test_bulk_requests_in_flight_are_answered_in_order_across_chunks(
     def patient(i: int) -> dict[str, object]:
         return request_body(patient_id=f"p{i}", observations=[
             {"time": 0.5 + i % 40, "variable": "heart_rate", "value": 50 + i % 97},
-            {"time": 1.0, "variable": "lactate", "value": 0.5 + (i % 13) / 2}])
+            {"time": 1.0, "variable": "lactate", "value": 0.5 + (i % 13) / 2},
+            {"time": 2.0, "variable": "resp_rate", "value": 12 + i % 20},
+            {"time": 2.5, "variable": "sbp", "value": 80 + i % 60}])
 
     requests = [[patient(i) for i in range(300)], [patient(i) for i in range(300, 600)]]
+    assert len(json.dumps({"patients": requests[0]})) > 64 * 1024  # parsed off the loop
     settings = settings_for(shared_model_dir, cache_entries=0, inference_threads=2)
     with TestClient(create_app(settings)) as client:
         with ThreadPoolExecutor(2) as pool:
