@@ -29,6 +29,7 @@ not name.
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -163,8 +164,12 @@ def _columns(time: pa.Array, variable: pa.Array, value: pa.Array, counts: np.nda
     patient = np.repeat(np.arange(n_patients), counts)
     # Each patient's distinct names in order of first appearance: patients are contiguous,
     # so ordering the first appearances keeps them grouped and in the request's order.
-    keys, first = np.unique(patient * n_names + code, return_index=True)
-    keys = keys[np.argsort(first, kind="stable")]
+    # (A minimum per (patient, name) cell, not np.unique: no sort of every row.)
+    key = patient * n_names + code
+    first = np.full(n_patients * n_names, len(key), dtype=np.int64)
+    np.minimum.at(first, key, np.arange(len(key)))
+    keys = np.flatnonzero(first < len(key))
+    keys = keys[np.argsort(first[keys], kind="stable")]
     sizes = np.bincount(keys // n_names, minlength=n_patients)
     own_codes = keys % n_names
     # position[patient, catalogue code] = the name's position among the patient's names
@@ -172,12 +177,10 @@ def _columns(time: pa.Array, variable: pa.Array, value: pa.Array, counts: np.nda
     position[keys // n_names, own_codes] = np.arange(len(keys)) - np.repeat(
         np.cumsum(sizes) - sizes, sizes)
     own = position[patient, code]
-    ends = np.cumsum(counts).tolist()
-    name_ends = np.cumsum(sizes).tolist()
-    out: list[ObservationRows] = []
-    for i, end in enumerate(ends):
-        start, names_end = end - int(counts[i]), name_ends[i]
-        names = [_NAMES[c] for c in own_codes[names_end - int(sizes[i]):names_end].tolist()]
-        out.append(ObservationRows(names, own[start:end], values[start:end],
-                                   hours[start:end]))
-    return out
+    bounds = np.cumsum(np.r_[0, counts]).tolist()
+    name_bounds = np.cumsum(np.r_[0, sizes]).tolist()
+    all_names = [_NAMES[c] for c in own_codes.tolist()]
+    return [ObservationRows(all_names[a:b], own[start:end], values[start:end],
+                            hours[start:end])
+            for (start, end), (a, b) in zip(pairwise(bounds), pairwise(name_bounds),
+                                            strict=True)]

@@ -142,6 +142,13 @@ def _reads(features: tuple[str, ...]) -> np.ndarray:
     return reads
 
 
+@lru_cache(maxsize=64)
+def _unread(features: tuple[str, ...]) -> frozenset[str]:
+    """The measurements a model with these features does not read (one set per model)."""
+    return frozenset(name for name, var in CATALOGUE.items()
+                     if var.kind == "measurement" and name not in features)
+
+
 def _with_warnings(jobs: list[Job]) -> list[Job]:
     """The jobs with their warnings: atypical values (the first message of a variable and
     how many more), variables the model does not use, a series longer than its window.
@@ -191,9 +198,7 @@ def _job_warnings(job: Job, atypical: dict[str, tuple[str, int]], last_hour: flo
                     atypical[name] = (message, 1)
     out = [first if count == 1 else f"{first} (and {count - 1} more such values)"
            for first, count in atypical.values()]
-    features = set(ckpt.normalizer.features)
-    unused = sorted(name for name in job.names
-                    if CATALOGUE[name].kind == "measurement" and name not in features)
+    unused = sorted(name for name in job.names if name in _unread(ckpt.normalizer.features))
     if unused:
         out.append(f"model {ckpt.name!r} does not use: {', '.join(unused)} (ignored)")
     step, n_steps = ckpt.grid.step_hours, ckpt.grid.n_steps

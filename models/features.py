@@ -362,22 +362,22 @@ def _on_grid(
     # Each cell's row: its latest (largest) one, -1 for none or when that row's value is
     # NaN. A later slot of a stay's feature has a larger row, so the running maximum over
     # slots is the latest observation at or before each slot (carry-forward), and one
-    # gather from the rows fills the grid (a row past the end holds the 0 for "none").
+    # gather from the rows fills the grid: row -1 reads the 0 appended for "none". Rows
+    # are int32 and only the window's slots are gathered (a 256-stay batch has ~280,000
+    # cells: half the bytes through every pass).
     shape = (n, t_steps + 1, n_f)
-    rows = np.arange(len(z))
-    cell_row = np.full(shape, -1, dtype=np.int64)
+    rows = np.arange(len(z), dtype=np.int32)
+    cell_row = np.full(shape, -1, dtype=np.int32)
     cells = cell_row.reshape(-1)
     np.maximum.at(cells, flat, rows)
     cells[flat[(cells[flat] == rows) & np.isnan(z)]] = -1
-    observed = cell_row >= 0
-    src = np.maximum.accumulate(cell_row, axis=1)  # (N, T+1, F)
-    src[src < 0] = len(z)
-    values = np.append(z, 0.0)[src]
-    last_time = np.append(tt, 0.0)[src]
-    bin_end = (offset[:, None] + np.arange(t_steps + 1)[None, :]).astype(np.float64) * step
-    delta = np.clip(bin_end[:, :, None] - last_time, 0.0, None)
+    src = np.maximum.accumulate(cell_row, axis=1)[:, 1:].astype(np.intp)  # (N, T, F)
+    values = np.append(z, 0.0).astype(np.float32)[src]
+    bin_end = (offset[:, None] + np.arange(1, t_steps + 1)[None, :]).astype(np.float32) * step
+    delta = np.subtract(bin_end[:, :, None], np.append(tt, 0.0).astype(np.float32)[src])
+    np.maximum(delta, 0.0, out=delta)
 
-    mask = observed[:, 1:]
+    mask = cell_row[:, 1:] >= 0
     any_obs = mask.any(axis=2)
     first = np.where(any_obs.any(axis=1), any_obs.argmax(axis=1), t_steps)
     lastb = np.where(any_obs.any(axis=1), t_steps - 1 - any_obs[:, ::-1].argmax(axis=1), -1)
@@ -415,9 +415,9 @@ def _on_grid(
 
     return Tensors(
         patient_ids=ids,
-        values=values[:, 1:].astype(np.float32),
+        values=values,
         mask=mask.astype(np.float32),
-        delta=delta[:, 1:].astype(np.float32),
+        delta=delta,
         static=static.astype(np.float32),
         step_mask=step_mask,
         offset=offset,

@@ -9,6 +9,7 @@ the spellings senders put in a free-text unit resolved to UCUM.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 __all__ = ["alternatives", "annotation_only", "convert", "unit_key"]
 
@@ -76,9 +77,15 @@ def convert(variable: str, canonical: str, value: float, unit: str) -> float | N
 def alternatives(variable: str, canonical: str, value: float) -> list[tuple[str, float]]:
     """(unit as shown, value in the canonical unit) for each other unit `value` may have
     been sent in, where the conversion changes the number (not a mere respelling)."""
+    return [(shown, value * scale + shift)
+            for shown, scale, shift in _other_units(variable, canonical)]
+
+
+@lru_cache(maxsize=256)
+def _other_units(variable: str, canonical: str) -> tuple[tuple[str, float, float], ...]:
+    """(unit as shown, scale, shift) of `alternatives`: one table scan per variable (a
+    batch may word hundreds of atypical values)."""
     want = unit_key(canonical)
-    out = []
-    for (name, to, given), (scale, shift) in _CONVERSIONS.items():
-        if to == want and name in (variable, "*") and (scale, shift) != (1.0, 0.0):
-            out.append((_SHOWN.get(given, given), value * scale + shift))
-    return out
+    return tuple((_SHOWN.get(given, given), scale, shift)
+                 for (name, to, given), (scale, shift) in _CONVERSIONS.items()
+                 if to == want and name in (variable, "*") and (scale, shift) != (1.0, 0.0))
