@@ -29,6 +29,7 @@ not name.
 from __future__ import annotations
 
 import re
+from functools import cache
 from itertools import pairwise
 from typing import Any
 
@@ -43,7 +44,6 @@ from app.schemas import POSSIBLE, STATES, ObservationRows, plain_values
 __all__ = ["decode_plain_batch"]
 
 _NAMES = list(POSSIBLE)  # every variable an observation may name: measurements, interventions
-_NAME_SET = pa.array(_NAMES, pa.string())
 _BOUNDS = np.array([POSSIBLE[name] for name in _NAMES], dtype=np.float64)
 _STATE = np.array([name in STATES for name in _NAMES], dtype=bool)  # value 0 or 1 only
 
@@ -52,6 +52,14 @@ _STATIC = pa.struct([("age", pa.float64()), ("sex", pa.string()), ("weight", pa.
 _ROW = pa.struct([("time", pa.float64()), ("variable", pa.string()), ("value", pa.float64())])
 _COLUMNS = pa.struct([("time", pa.list_(pa.float64())), ("variable", pa.list_(pa.string())),
                       ("value", pa.list_(pa.float64()))])
+
+
+@cache
+def _name_set() -> pa.Array:
+    """`_NAMES` as an Arrow array, built at the first batch: pyarrow's conversions import
+    pandas (~30 MB resident), which a service that answers one patient at a time never
+    needs."""
+    return pa.array(_NAMES, pa.string())
 
 
 def _options(observations: pa.DataType) -> pj.ParseOptions:
@@ -153,7 +161,7 @@ def _columns(time: pa.Array, variable: pa.Array, value: pa.Array, counts: np.nda
 
     The checks of `schemas._plain_columns` (Arrow has checked the types), once over the
     whole batch; each patient's distinct names in order of first appearance."""
-    code_array = pc.index_in(variable, value_set=_NAME_SET)  # null: not a catalogue name
+    code_array = pc.index_in(variable, value_set=_name_set())  # null: not a catalogue name
     if time.null_count or variable.null_count or value.null_count or code_array.null_count:
         return None
     code = code_array.to_numpy().astype(np.int64)

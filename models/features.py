@@ -20,12 +20,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from models.catalogue import CATALOGUE, INTERVENTIONS, STATICS
+
+if TYPE_CHECKING:  # imported where a DataFrame is read: the service reads none (~30 MB)
+    import pandas as pd
 
 __all__ = [
     "Grid",
@@ -76,6 +78,7 @@ class Normalizer:
         static_features: Sequence[str] = STATICS,
     ) -> Normalizer:
         """Fit on training rows: `observations` long format, `patients` per-patient table."""
+        import pandas as pd
         features = tuple(features)
         obs = observations[observations["variable"].isin(features)]
         vals = _transform(obs["variable"], obs["value"].to_numpy(np.float64))
@@ -167,6 +170,7 @@ class Tensors:
 
 def _transform(variables: pd.Series, values: np.ndarray) -> np.ndarray:
     """log1p for right-skewed variables, identity otherwise (vectorised over rows)."""
+    import pandas as pd
     logged = np.array([CATALOGUE[v].log_scale if v in CATALOGUE else False
                        for v in pd.unique(variables)], dtype=bool)
     codes, uniques = pd.factorize(variables)
@@ -178,6 +182,7 @@ def _transform(variables: pd.Series, values: np.ndarray) -> np.ndarray:
 
 def _codes(column: pd.Series, names: Sequence[str]) -> np.ndarray:
     """Position of each row's value in `names`, -1 where absent; one pass over the rows."""
+    import pandas as pd
     if isinstance(column.dtype, pd.CategoricalDtype):
         codes = column.cat.codes.to_numpy()
         uniques = column.cat.categories
@@ -190,6 +195,7 @@ def _codes(column: pd.Series, names: Sequence[str]) -> np.ndarray:
 
 def _static_matrix(patients: pd.DataFrame | None, statics: Sequence[str]) -> np.ndarray:
     """(N, S) raw static values, NaN where missing; sex is coded 1 = male, 0 = female."""
+    import pandas as pd
     if patients is None:
         return np.zeros((0, len(statics)))
     cols = []
@@ -233,6 +239,7 @@ def tensorise(
     until_hours: optional (N,) cut-off per stay: rows at or after it are ignored (used
         for prefixes in training and for the decision time of a what-if).
     """
+    import pandas as pd
     obs = observations
     if patient_ids is None:
         patient_ids = sorted(pd.unique(obs["patient_id"].astype(str)))
@@ -434,6 +441,7 @@ def _in_time_order(stay: np.ndarray, time: np.ndarray) -> bool:
 
 def _align_patients(patients: pd.DataFrame | None, ids: list[str]) -> pd.DataFrame:
     """The patient table in the order of `ids` (rows of unknown stays all missing)."""
+    import pandas as pd
     if patients is None:
         return pd.DataFrame(index=pd.Index(ids, name="patient_id"))
     table = patients

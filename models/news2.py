@@ -31,9 +31,12 @@ so a score from incomplete observations is a lower bound.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # imported where a DataFrame is read: the service reads none (~30 MB)
+    import pandas as pd
 
 __all__ = [
     "NEWS2_PARAMETERS",
@@ -142,6 +145,7 @@ def news2_from_observations(
     `missing` (comma-separated parameter names), and per parameter `latest_<p>` (float,
     NaN when missing) and `points_<p>` (int).
     """
+    import pandas as pd
     required = {"patient_id", "time_hours", "variable", "value"}
     absent = required - set(observations.columns)
     if absent:

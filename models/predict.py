@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 
 from models.attribution import integrated_gradients, unobserved_baseline
 from models.checkpoint import Checkpoint
 from models.features import Tensors, tensorise
+
+if TYPE_CHECKING:  # imported where a DataFrame is read: the service reads none (~30 MB)
+    import pandas as pd
 
 __all__ = ["IG_MAX_ROWS", "IG_REFINE_NODES", "IG_SPLIT", "IG_STEPS", "Prediction", "score",
            "score_tensors"]
