@@ -178,8 +178,10 @@ def _with_warnings(jobs: list[Job]) -> list[Job]:
             if message is not None:
                 atypical[int(patient_of[k])][name] = (message, n_flagged)
     # The latest hour of a variable each job's model uses: the window ends in its bin.
-    used = np.concatenate([_reads(job.ckpt.normalizer.features)[row_ids[s:s + k]]
-                           for job, s, k in zip(jobs, starts.tolist(), lengths, strict=True)])
+    models = {id(job.ckpt): job.ckpt for job in jobs}  # a batch has one or a few
+    reads = np.stack([_reads(ckpt.normalizer.features) for ckpt in models.values()])
+    model_of = {key: i for i, key in enumerate(models)}
+    used = reads[np.repeat([model_of[id(job.ckpt)] for job in jobs], lengths), row_ids]
     latest = np.maximum.reduceat(np.where(used, hours, -np.inf), starts)
     out = []
     for job, found, last_hour in zip(jobs, atypical, latest.tolist(), strict=True):
@@ -198,7 +200,8 @@ def _job_warnings(job: Job, atypical: dict[str, tuple[str, int]], last_hour: flo
                     atypical[name] = (message, 1)
     out = [first if count == 1 else f"{first} (and {count - 1} more such values)"
            for first, count in atypical.values()]
-    unused = sorted(name for name in job.names if name in _unread(ckpt.normalizer.features))
+    unread = _unread(ckpt.normalizer.features)
+    unused = sorted(name for name in job.names if name in unread)
     if unused:
         out.append(f"model {ckpt.name!r} does not use: {', '.join(unused)} (ignored)")
     step, n_steps = ckpt.grid.step_hours, ckpt.grid.n_steps
