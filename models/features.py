@@ -370,11 +370,12 @@ def _on_grid(
     # NaN. A later slot of a stay's feature has a larger row, so the running maximum over
     # slots is the latest observation at or before each slot (carry-forward), and one
     # gather from the rows fills the grid: row -1 reads the 0 appended for "none". Rows
-    # are int32 and only the window's slots are gathered (a 256-stay batch has ~280,000
-    # cells: half the bytes through every pass).
+    # are int32 (under 2^31 rows) and only the window's slots are gathered (a 256-stay
+    # batch has ~280,000 cells: half the bytes through every pass).
     shape = (n, t_steps + 1, n_f)
-    rows = np.arange(len(z), dtype=np.int32)
-    cell_row = np.full(shape, -1, dtype=np.int32)
+    row_type = np.int32 if len(z) < np.iinfo(np.int32).max else np.int64
+    rows = np.arange(len(z), dtype=row_type)
+    cell_row = np.full(shape, -1, dtype=row_type)
     cells = cell_row.reshape(-1)
     np.maximum.at(cells, flat, rows)
     cells[flat[(cells[flat] == rows) & np.isnan(z)]] = -1
