@@ -29,7 +29,7 @@ from app.middleware import BodyLimitMiddleware, RequestContextMiddleware, error_
 from app.observability import Metrics, configure_logging, logger
 from app.registry import ModelRegistry
 from app.routers import bench, fhir, forecast, health, models, oip, predict
-from app.service import answer_cached, predict_each
+from app.service import answer_cached, predict_each, warm_up
 from app.settings import Settings, get_settings
 
 __all__ = ["create_app"]
@@ -203,7 +203,7 @@ def _tune_gc() -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     metrics = Metrics()
-    registry = ModelRegistry(settings.model_dir, settings.default_model)
+    registry = ModelRegistry(settings.model_dir, settings.default_model, warm_up=warm_up)
     cache = PredictionCache(settings.cache_entries)
     batcher = Batcher(partial(predict_each, cache=cache), settings.batch_patients,
                       settings.batch_delay_ms / 1000, answer=partial(answer_cached, cache=cache),

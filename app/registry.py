@@ -4,14 +4,17 @@
 checkpoint that fails to load is reported (and logged) and skipped: the version of that
 name already serving keeps serving, or the next older version is tried. The served set is
 one immutable mapping replaced in a single assignment, so a request that took a
-`Checkpoint` at its start finishes on it whatever a concurrent reload does.
+`Checkpoint` at its start finishes on it whatever a concurrent reload does. A new version
+is warmed up (`warm_up`, the service's scoring of a made-up stay) before it is swapped in:
+the first request does not wait for torch's set-up, and a version that loads but cannot
+score counts as one that failed to load.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -38,9 +41,11 @@ class LoadFailure:
 
 
 class ModelRegistry:
-    def __init__(self, model_dir: Path, default_model: str) -> None:
+    def __init__(self, model_dir: Path, default_model: str,
+                 warm_up: Callable[[Checkpoint], None] | None = None) -> None:
         self.model_dir = Path(model_dir)
         self.default_model = default_model
+        self.warm_up = warm_up
         self._models: Mapping[str, Checkpoint] = MappingProxyType({})
         self._failures: tuple[LoadFailure, ...] = ()
         self._reload_lock = threading.Lock()  # one scan at a time; readers never wait
@@ -132,12 +137,22 @@ class ModelRegistry:
             if serving is not None and version <= serving.version:
                 return serving
             try:
-                return load_checkpoint(self.model_dir / name / version)
+                ckpt = load_checkpoint(self.model_dir / name / version)
             except CheckpointError as e:
                 failures.append(LoadFailure(name, version, self._relative(str(e))))
+                continue
             except Exception as e:  # a checkpoint must never take the service down
                 failures.append(LoadFailure(name, version, f"{name}/{version}: failed to load "
                                             f"({type(e).__name__}: {e})"))
+                continue
+            try:
+                if self.warm_up is not None:
+                    self.warm_up(ckpt)
+            except Exception as e:
+                failures.append(LoadFailure(name, version, f"{name}/{version}: loads but cannot "
+                                            f"score a made-up stay ({type(e).__name__}: {e})"))
+                continue
+            return ckpt
         return serving
 
     def _relative(self, message: str) -> str:

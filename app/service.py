@@ -34,7 +34,7 @@ from models.news2 import NEWS2_PARAMETERS, news2_points
 from models.predict import Prediction, score_tensors
 
 __all__ = ["Answer", "Job", "Outcome", "answer_cached", "forecast", "predict", "predict_each",
-           "prepare", "prepare_batch"]
+           "prepare", "prepare_batch", "warm_up"]
 
 
 @dataclass(frozen=True)
@@ -459,6 +459,30 @@ def _scored(ckpt: Checkpoint, group: list[Job], explain: bool) -> list[CachedSta
     if len(predictions) != len(tensors):
         raise ModelFailure("the model returned a different number of predictions")
     return [CachedStay(p, n) for p, n in zip(predictions, _news2(group), strict=True)]
+
+
+def warm_up(ckpt: Checkpoint) -> None:
+    """Score one made-up stay (three typical readings of every variable the model reads) as
+    requests are scored, before the model serves. Torch sets up its kernels and buffers on
+    a model's first pass (the default bi-LSTM's first prediction took ~85 ms against ~10
+    after it, and ~60 MiB), which the first request would otherwise wait for; and a
+    checkpoint that loads but cannot score (weights that give NaN) raises ModelFailure
+    here, so the registry keeps serving what it served. Blocking (torch)."""
+    features = list(ckpt.normalizer.features)
+    typical = [sum(CATALOGUE[name].typical) / 2 for name in features]
+    n, hours = len(features), (0.5, 1.5, 2.5)
+    tensors = tensorise_codes(np.zeros(n * len(hours), dtype=np.int64),
+                              np.repeat(hours, n), np.tile(np.arange(n), len(hours)),
+                              features, np.tile(typical, len(hours)), [{}], ckpt.normalizer,
+                              ckpt.grid)
+    (pred,) = score_tensors(ckpt, tensors, explain=ckpt.task != "forecast")
+    outputs = [pred.probability, pred.los_days, *pred.attention.tolist(),
+               *(pred.contributions or {}).values()]
+    if pred.forecast is not None:
+        outputs.extend(pred.forecast.ravel().tolist())
+    if not np.isfinite(outputs).all():
+        raise ModelFailure(f"model {ckpt.name}/{ckpt.version} gives non-finite outputs for "
+                           "a stay of typical values")
 
 
 def predict(jobs: Sequence[Job]) -> list[PredictResponse]:

@@ -37,14 +37,19 @@ def normalizer() -> Normalizer:
 
 def make_checkpoint(model_dir: Path, name: str = "default", *, arch: str = "gru",
                     bidirectional: bool = False, seed: int = 0, grid: Grid | None = None,
-                    task: str = "risk") -> Path:
-    """Publish a tiny randomly initialised model as a new version of `name`."""
+                    task: str = "risk", fill: float | None = None) -> Path:
+    """Publish a tiny randomly initialised model as a new version of `name`; with `fill`,
+    every weight that value (NaN: what a training run that diverged would publish)."""
     norm = normalizer()
     torch.manual_seed(seed)
     cfg = ModelConfig(arch=arch, n_inputs=3 * len(norm.features),
                       n_static=norm.n_static_inputs, hidden=8, attn_dim=8,
                       bidirectional=bidirectional, dropout=0.0)
     model = build_model(cfg)
+    if fill is not None:
+        with torch.no_grad():
+            for weights in model.parameters():
+                weights.fill_(fill)
     return save_checkpoint(model_dir, name, model, cfg, norm, grid or Grid(1.0, 48),
                            temperature=1.5, task=task, metrics={"auroc": 0.5},
                            fingerprint="test")

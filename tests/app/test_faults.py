@@ -133,6 +133,32 @@ def test_damaged_new_version_is_skipped_and_the_old_one_keeps_serving(tmp_path: 
         assert c.get("/readyz").status_code == 200
 
 
+def test_new_version_that_loads_but_cannot_score_is_skipped(tmp_path: Path) -> None:
+    """Weights that give NaN (a diverged training run) load: the warm-up scoring of a
+    made-up stay refuses them, so requests keep the old version instead of 500s."""
+    first = make_checkpoint(tmp_path).name
+    with TestClient(create_app(settings_for(tmp_path))) as c:
+        before = c.post("/v1/predict", json=request_body(), headers=USER).json()
+        bad = make_checkpoint(tmp_path, seed=5, fill=float("nan"))
+        body = c.post("/v1/models/reload", headers=ADMIN).json()
+        assert [m["version"] for m in body["models"]] == [first]
+        (error,) = body["errors"]
+        assert error["version"] == bad.name, error
+        assert "cannot score a made-up stay" in error["message"]
+        assert "non-finite outputs" in error["message"]
+        after = c.post("/v1/predict", json=request_body(), headers=USER)
+        assert after.status_code == 200 and after.json() == before
+
+
+def test_startup_with_only_a_checkpoint_that_cannot_score_is_unready(tmp_path: Path) -> None:
+    make_checkpoint(tmp_path, fill=float("nan"))
+    with TestClient(create_app(settings_for(tmp_path))) as c:
+        assert c.get("/readyz").status_code == 503
+        r = c.post("/v1/predict", json=request_body(), headers=USER)
+        assert r.status_code == 503 and r.json()["error"]["kind"] == "model_unavailable"
+        assert "cannot score a made-up stay" in r.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("damage", ["truncated weights", "model.json missing keys",
                                     "model.json with another feature list"])
 def test_startup_with_only_a_damaged_checkpoint_is_unready_not_crashed(tmp_path: Path,
