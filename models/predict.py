@@ -102,7 +102,9 @@ def score_tensors(ckpt: Checkpoint, tensors: Tensors, *, explain: bool = False,
                                                 split=IG_SPLIT, refine_nodes=IG_REFINE_NODES,
                                                 logit_x=out.risk_logit)
             per_var = per_var_t.double().numpy()  # (b, F)
-        attention = out.attention.numpy()
+        # One conversion per batch; each stay keeps a copy of its row (a cache holding one
+        # stay keeps no batch alive).
+        attention = out.attention.numpy().astype(np.float64)
         forecast = out.forecast.numpy() if out.forecast is not None else None
         # Per stay from numpy arrays: indexing a tensor costs microseconds per element.
         logits, los = logit.numpy(), out.los.numpy()
@@ -111,7 +113,7 @@ def score_tensors(ckpt: Checkpoint, tensors: Tensors, *, explain: bool = False,
                 probability=float(prob[j]),
                 logit=float(logits[j]),
                 los_days=float(los[j]),
-                attention=attention[j].astype(np.float64),
+                attention=attention[j].copy(),
                 step_mask=tensors.step_mask[start + j].copy(),
                 offset=int(offset[j]),
                 contributions=(None if per_var is None else

@@ -1,0 +1,89 @@
+"""The group-wide explanation (`service._explanations`) against one stay's (`_explanation`).
+
+Responses build every stay's attention bins for a whole group at once; what each stay gets
+must be exactly what the one-stay path gives it (bins, labels in hours or ISO, weights to
+the last bit) and a stay whose attention is unusable fails alone, with the same error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app import service
+from app.errors import ModelFailure
+from app.schemas import PredictRequest
+from models.checkpoint import latest_version_dir, load_checkpoint
+from models.predict import Prediction
+from tests.app.support import make_checkpoint, request_body
+
+T = 48
+
+
+def _job(model_dir: Path, iso: bool) -> service.Job:
+    ckpt = load_checkpoint(latest_version_dir(model_dir, "default"))
+    body = request_body()
+    if iso:
+        body = request_body(observations=[
+            {"time": "2026-03-01T08:30:00+01:00", "variable": "heart_rate", "value": 118},
+            {"time": "2026-03-01T12:10:00+01:00", "variable": "sbp", "value": 95}])
+    return service.prepare(PredictRequest.model_validate(body), ckpt, 20_000, explain=False)
+
+
+def _prediction(rng: np.random.Generator, kind: str) -> Prediction:
+    attention = rng.random(T) * rng.choice([1e-6, 1.0, 1e6])
+    first = int(rng.integers(0, T))
+    last = int(rng.integers(first, T))
+    mask = np.zeros(T, dtype=bool)
+    mask[first:last + 1] = True
+    attention[~mask] = 0.0
+    if kind == "nan":
+        attention[last] = np.nan
+    elif kind == "negative":
+        attention[first] = -0.5
+    elif kind == "zero":
+        attention[mask] = 0.0
+    elif kind == "gap" and last - first >= 2:
+        mask[first + 1] = False
+    elif kind == "empty":
+        mask[:] = False
+    return Prediction(probability=0.3, logit=-0.8, los_days=4.0, attention=attention,
+                      step_mask=mask, offset=int(rng.choice([0, 0, 3, 500])),
+                      contributions=None)
+
+
+def _one(job: service.Job, pred: Prediction) -> dict[str, object] | str:
+    try:
+        return service._explanation(job, pred)
+    except ModelFailure as e:
+        return str(e)
+
+
+@pytest.mark.parametrize("iso", [False, True])
+def test_group_explanations_equal_each_stay_on_its_own(tmp_path: Path, iso: bool) -> None:
+    make_checkpoint(tmp_path)
+    job = _job(tmp_path, iso)
+    rng = np.random.default_rng(3)
+    kinds = ["ok"] * 40 + ["nan", "negative", "zero", "gap", "empty"] * 3
+    preds = [_prediction(rng, str(kind)) for kind in rng.permutation(kinds)]
+    got = service._explanations([job] * len(preds), preds)
+    want = [_one(job, pred) for pred in preds]
+    assert [str(g) if isinstance(g, ModelFailure) else g for g in got] == want
+    assert sum(isinstance(g, ModelFailure) for g in got) >= 9  # nan, negative, zero x 3
+    assert sum(isinstance(w, dict) for w in want) >= 40
+
+
+def test_an_unusable_stay_fails_alone_in_a_batch(tmp_path: Path) -> None:
+    make_checkpoint(tmp_path)
+    job = _job(tmp_path, iso=False)
+    rng = np.random.default_rng(0)
+    preds = [_prediction(rng, "ok"), _prediction(rng, "nan"), _prediction(rng, "ok")]
+    got = service._explanations([job] * 3, preds)
+    assert isinstance(got[1], ModelFailure)
+    assert "unusable attention weights" in str(got[1])
+    for kept in (got[0], got[2]):
+        assert isinstance(kept, dict)
+        weights = [b["weight"] for b in kept["attention"]]  # type: ignore[index, union-attr]
+        assert sum(weights) == pytest.approx(1.0)
