@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain, compress
 from typing import Any
@@ -121,6 +121,8 @@ def _checked(request: PredictRequest, ckpt: Checkpoint, max_observations: int,
 _NAMES = list(CATALOGUE)
 _NAME_ID = {name: i for i, name in enumerate(_NAMES)}
 _TYPICAL = np.array([CATALOGUE[name].typical for name in CATALOGUE], dtype=np.float64)
+# The typical range of each static: a value inside it needs no wording (`check_value`).
+_TYPICAL_STATIC = {name: var.typical for name, var in CATALOGUE.items() if var.kind == "static"}
 
 
 def _row_name_ids(jobs: Sequence[Job], lengths: Sequence[int]) -> np.ndarray:
@@ -171,22 +173,24 @@ def _with_warnings(jobs: list[Job]) -> list[Job]:
         _, first, count = np.unique(patient_of * len(_NAMES) + row_ids[flagged],
                                     return_index=True, return_counts=True)
         by_row = np.argsort(first)
-        for k, n_flagged in zip(first[by_row].tolist(), count[by_row].tolist(), strict=True):
-            i = int(flagged[k])
-            name = _NAMES[row_ids[i]]
-            _, message = check_value(name, float(values[i]))
+        k = first[by_row]  # in request order: each cell's first flagged row is flagged[k]
+        for patient, name_id, value, n_flagged in zip(
+                patient_of[k].tolist(), row_ids[flagged[k]].tolist(),
+                values[flagged[k]].tolist(), count[by_row].tolist(), strict=True):
+            name = _NAMES[name_id]
+            _, message = check_value(name, value)
             if message is not None:
-                atypical[int(patient_of[k])][name] = (message, n_flagged)
+                atypical[patient][name] = (message, n_flagged)
     # The latest hour of a variable each job's model uses: the window ends in its bin.
     models = {id(job.ckpt): job.ckpt for job in jobs}  # a batch has one or a few
     reads = np.stack([_reads(ckpt.normalizer.features) for ckpt in models.values()])
     model_of = {key: i for i, key in enumerate(models)}
     used = reads[np.repeat([model_of[id(job.ckpt)] for job in jobs], lengths), row_ids]
     latest = np.maximum.reduceat(np.where(used, hours, -np.inf), starts)
-    out = []
-    for job, found, last_hour in zip(jobs, atypical, latest.tolist(), strict=True):
-        out.append(replace(job, warnings=tuple(_job_warnings(job, found, last_hour))))
-    return out
+    return [Job(job.request, job.ckpt, job.timebase, job.hours, job.values, job.names,
+                job.code, tuple(_job_warnings(job, found, last_hour)), job.what_if,
+                job.explain)
+            for job, found, last_hour in zip(jobs, atypical, latest.tolist(), strict=True)]
 
 
 def _job_warnings(job: Job, atypical: dict[str, tuple[str, int]], last_hour: float
@@ -194,7 +198,8 @@ def _job_warnings(job: Job, atypical: dict[str, tuple[str, int]], last_hour: flo
     request, ckpt = job.request, job.ckpt
     if request.static is not None:
         for name, value in request.static.numeric().items():
-            if isinstance(value, float):
+            if isinstance(value, float) and not _TYPICAL_STATIC[name][0] <= value <= \
+                    _TYPICAL_STATIC[name][1]:
                 _, message = check_value(name, value)
                 if message is not None:
                     atypical[name] = (message, 1)
@@ -453,16 +458,14 @@ def _groups(jobs: Sequence[Job]) -> Iterator[tuple[list[int], list[Job]]]:
 
 
 def _tensorise(group: Sequence[Job]) -> Tensors:
-    """The stays of jobs that share a checkpoint, on its grid: rows by variable code."""
+    """The stays of jobs that share a checkpoint, on its grid: rows by catalogue number."""
     ckpt = group[0].ckpt
-    names = list(dict.fromkeys(chain.from_iterable(j.names for j in group)))
-    position = {name: i for i, name in enumerate(names)}
+    lengths = [len(j.hours) for j in group]
     return tensorise_codes(
-        np.repeat(np.arange(len(group)), [len(j.hours) for j in group]),
+        np.repeat(np.arange(len(group)), lengths),
         np.concatenate([j.hours for j in group]),
-        np.concatenate([np.array([position[name] for name in j.names], dtype=np.int64)[j.code]
-                        for j in group]),
-        names,
+        _row_name_ids(group, lengths),
+        _NAMES,
         np.concatenate([j.values for j in group]),
         [j.request.static.numeric() if j.request.static else {} for j in group],
         ckpt.normalizer, ckpt.grid)
