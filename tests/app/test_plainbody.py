@@ -9,6 +9,7 @@ out of range, unknown fields) must get None, so that the general path decides.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from app import plainbody
 from app.jsonbody import parse_json
 from app.plainbody import decode_plain_batch
 from app.schemas import BatchRequest
@@ -207,3 +209,31 @@ def test_a_repeated_key_in_a_plain_batch_is_refused_as_before(client: TestClient
                     headers={**USER, "Content-Type": "application/json"})
     assert r.status_code == 422
     assert "duplicate key 'value'" in r.json()["error"]["message"]
+
+
+def _unplain_by_regex(body: bytes) -> bool:
+    return (re.search(rb"\d{19}", body) is not None
+            or re.search(rb"-0(?![.\deE])", body) is not None)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=80), st.lists(st.sampled_from(
+    [b"1", b"9", b"0", b"-", b"-0", b"-0.", b"-0e", b".", b"e", b"E", b" ", b",", b"]"]),
+    max_size=40))
+def test_unplain_number_check_finds_what_the_regexes_find(noise: bytes, parts: list[bytes]
+                                                          ) -> None:
+    body = noise + b"".join(parts)
+    assert plainbody.has_unplain_number(body) == _unplain_by_regex(body)
+
+
+@pytest.mark.parametrize("where", [-20, -19, -18, -10, -1, 0, 1, 5])
+@pytest.mark.parametrize("what", [b"1234567890123456789", b"123456789012345678", b"-0]",
+                                  b"-0.5", b"-0", b"-01"])
+def test_unplain_number_check_across_its_chunks(where: int, what: bytes) -> None:
+    """Numbers that straddle a chunk boundary, or end the body, are found as the regexes
+    find them."""
+    filler = b'{"time": 1.5, "value": 80},'
+    body = (filler * (plainbody._CHUNK // len(filler) + 1))[:plainbody._CHUNK + where]
+    for candidate in (body + what + b" " + filler, body + what):
+        assert plainbody.has_unplain_number(candidate) == _unplain_by_regex(candidate), \
+            candidate[plainbody._CHUNK - 30:plainbody._CHUNK + 30]
