@@ -51,6 +51,7 @@ class Job:
     warnings: tuple[str, ...]
     what_if: PlanQuestion | None = None  # the request's plans, when it asks what-if
     explain: bool = True  # per-variable contributions (integrated gradients) wanted
+    name_ids: np.ndarray | None = None  # (n_obs,) catalogue number of each row's variable
 
     @property
     def variables(self) -> list[str]:
@@ -127,6 +128,9 @@ _TYPICAL_STATIC = {name: var.typical for name, var in CATALOGUE.items() if var.k
 
 def _row_name_ids(jobs: Sequence[Job], lengths: Sequence[int]) -> np.ndarray:
     """(rows of all the jobs,) the catalogue number (`_NAME_ID`) of each row's variable."""
+    known = [job.name_ids for job in jobs]
+    if all(ids is not None for ids in known):  # prepared jobs: looked up once, by the warnings
+        return np.concatenate(known)
     names = list(chain.from_iterable(job.names for job in jobs))
     name_start = np.cumsum([0, *(len(job.names) for job in jobs)])[:-1]
     name_ids = np.fromiter(map(_NAME_ID.__getitem__, names), np.int64, len(names))
@@ -189,8 +193,9 @@ def _with_warnings(jobs: list[Job]) -> list[Job]:
     latest = np.maximum.reduceat(np.where(used, hours, -np.inf), starts)
     return [Job(job.request, job.ckpt, job.timebase, job.hours, job.values, job.names,
                 job.code, tuple(_job_warnings(job, found, last_hour)), job.what_if,
-                job.explain)
-            for job, found, last_hour in zip(jobs, atypical, latest.tolist(), strict=True)]
+                job.explain, row_ids[start:start + n])
+            for job, found, last_hour, start, n
+            in zip(jobs, atypical, latest.tolist(), starts.tolist(), lengths, strict=True)]
 
 
 def _job_warnings(job: Job, atypical: dict[str, tuple[str, int]], last_hour: float

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Annotated, Any
 
 import orjson
@@ -51,8 +52,9 @@ async def _score(jobs: list[Job], batcher: BatcherDep, metrics: MetricsDep
         if isinstance(outcome, ServiceError):
             raise outcome.in_batch(i) if len(jobs) > 1 else outcome
         responses.append(outcome)
-    for r in responses:
-        metrics.predictions.labels(r["model"]["name"], r["model"]["version"]).inc()
+    scored = Counter((r["model"]["name"], r["model"]["version"]) for r in responses)
+    for (name, version), count in scored.items():  # a batch has one model or a few
+        metrics.predictions.labels(name, version).inc(count)
     return responses
 
 
