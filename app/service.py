@@ -32,6 +32,7 @@ from models.checkpoint import Checkpoint
 from models.features import Tensors, tensorise_codes
 from models.news2 import NEWS2_PARAMETERS, news2_points
 from models.predict import Prediction, score_tensors
+from models.traced import trace_for_inference
 
 __all__ = ["Answer", "Job", "Outcome", "answer_cached", "forecast", "predict", "predict_each",
            "prepare", "prepare_batch", "warm_up"]
@@ -559,12 +560,16 @@ def _scored(ckpt: Checkpoint, group: list[Job], explain: bool) -> list[CachedSta
 
 
 def warm_up(ckpt: Checkpoint) -> None:
-    """Score one made-up stay (three typical readings of every variable the model reads) as
-    requests are scored, before the model serves. Torch sets up its kernels and buffers on
+    """Record the model's forward pass as a graph where it gives the module's outputs
+    exactly (models/traced.py: no waits for the GIL between its operators), then score one
+    made-up stay (three typical readings of every variable the model reads) as requests are
+    scored, before the model serves. Torch sets up its kernels and buffers on
     a model's first pass (the default bi-LSTM's first prediction took ~85 ms against ~10
     after it, and ~60 MiB), which the first request would otherwise wait for; and a
     checkpoint that loads but cannot score (weights that give NaN) raises ModelFailure
     here, so the registry keeps serving what it served. Blocking (torch)."""
+    cfg = ckpt.config
+    trace_for_inference(ckpt.model, ckpt.grid.n_steps, cfg.n_inputs, cfg.n_static)
     features = list(ckpt.normalizer.features)
     typical = [sum(CATALOGUE[name].typical) / 2 for name in features]
     n, hours = len(features), (0.5, 1.5, 2.5)

@@ -19,6 +19,7 @@ import torch
 from models.attribution import integrated_gradients, unobserved_baseline
 from models.checkpoint import Checkpoint
 from models.features import Tensors, tensorise
+from models.traced import traced_forward
 
 if TYPE_CHECKING:  # imported where a DataFrame is read: the service reads none (~30 MB)
     import pandas as pd
@@ -82,6 +83,7 @@ def score_tensors(ckpt: Checkpoint, tensors: Tensors, *, explain: bool = False,
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model = ckpt.model.eval()
+    graph = traced_forward(model)  # kept by the service for the models it serves
     inputs = tensors.inputs()  # (N, T, 3F)
     results: list[Prediction] = []
     for start in range(0, len(tensors), batch_size):
@@ -91,8 +93,14 @@ def score_tensors(ckpt: Checkpoint, tensors: Tensors, *, explain: bool = False,
         step_mask = torch.from_numpy(tensors.step_mask[sl])
         offset = tensors.offset[sl]
         with torch.inference_mode():
-            out = model(x, static, step_mask)
-            logit = out.risk_logit.double()
+            if graph is not None:  # the same outputs, bit for bit (models/traced.py)
+                risk_logit, los_t, attention_t = graph(x, static, step_mask)
+                forecast_t = None
+            else:
+                out = model(x, static, step_mask)
+                risk_logit, los_t, attention_t = out.risk_logit, out.los, out.attention
+                forecast_t = out.forecast
+            logit = risk_logit.double()
             prob = torch.sigmoid(logit / ckpt.temperature).numpy()
         per_var = None
         if explain:
@@ -100,14 +108,14 @@ def score_tensors(ckpt: Checkpoint, tensors: Tensors, *, explain: bool = False,
             _, per_var_t = integrated_gradients(model, x, static, step_mask, steps=IG_STEPS,
                                                 baseline=base, max_rows=IG_MAX_ROWS,
                                                 split=IG_SPLIT, refine_nodes=IG_REFINE_NODES,
-                                                logit_x=out.risk_logit)
+                                                logit_x=risk_logit)
             per_var = per_var_t.double().numpy()  # (b, F)
         # One conversion per batch; each stay keeps a copy of its row (a cache holding one
         # stay keeps no batch alive).
-        attention = out.attention.numpy().astype(np.float64)
-        forecast = out.forecast.numpy() if out.forecast is not None else None
+        attention = attention_t.numpy().astype(np.float64)
+        forecast = forecast_t.numpy() if forecast_t is not None else None
         # Per stay from numpy arrays: indexing a tensor costs microseconds per element.
-        logits, los = logit.numpy(), out.los.numpy()
+        logits, los = logit.numpy(), los_t.numpy()
         for j in range(x.shape[0]):
             results.append(Prediction(
                 probability=float(prob[j]),

@@ -36,8 +36,9 @@ def span_mask(step_mask: Tensor) -> tuple[Tensor, Tensor]:
 
 def align_left(x: Tensor, first: Tensor, inverse: bool = False) -> Tensor:
     """Roll each row of x (B, T, ...) left by first[b] (right when inverse)."""
-    if not bool((first != 0).any()):
-        return x
+    tracing = torch.jit.is_tracing()  # type: ignore[attr-defined, no-untyped-call]
+    if not tracing and not bool((first != 0).any()):
+        return x  # (a traced graph always gathers: the same values when no row shifts)
     _, t_steps = x.shape[:2]
     steps = torch.arange(t_steps, device=x.device)
     shift = -first if inverse else first
