@@ -8,7 +8,8 @@ A synthetic cohort (training.synthesize) is scored with the default model (bench
 bi-LSTM at the default sizes, random weights) three ways, each timed on its own:
 
 1. raw forward: the network on ready tensors (tensorised beforehand, untimed), batches of
-   `--batch`, eval mode under torch.inference_mode: the model's own limit;
+   `--batch`, eval mode under torch.inference_mode: the model's own limit (the traced graph
+   the service runs, models/traced.py, is timed alone beside it: the same speed);
 2. evaluation path: `models.predict.score(ckpt, observations, patients)` on DataFrames
    (tensorise + forward + calibration, no explanation), as training/evaluate scores;
 3. batch endpoint: `POST /v1/predict/batch` on a real server (`python -m app`, uvicorn, one
@@ -55,6 +56,7 @@ from benchmarks._server import API_KEY, publish_default_set, serve, synthetic_co
 from models.checkpoint import latest_version_dir, load_checkpoint
 from models.features import tensorise
 from models.predict import score
+from models.traced import trace_for_inference, traced_forward
 
 
 def request_bodies(observations: pd.DataFrame, patients: pd.DataFrame, batch: int,
@@ -147,6 +149,23 @@ def main() -> None:
         evaluation = n / eval_s
         print(f"evaluation path:      {evaluation:9,.0f} patients/s  ({eval_s:.2f} s)  "
               f"ratio to raw {evaluation / raw:.2f}")
+
+        # The service scores through a traced graph of the same forward pass (models/traced.py:
+        # the same outputs, no waits for the GIL between operators). Alone it runs at the
+        # module's speed; the baseline stays the module.
+        cfg = ckpt.config
+        if trace_for_inference(model, ckpt.grid.n_steps, cfg.n_inputs, cfg.n_static):
+            graph = traced_forward(model)
+            assert graph is not None
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                for i in range(0, n, args.batch):
+                    graph(x[i:i + args.batch], static[i:i + args.batch],
+                          step_mask[i:i + args.batch])
+            traced_s = time.perf_counter() - t0
+            again_s = forward(0, n)
+            print(f"traced graph alone:   {n / traced_s:9,.0f} patients/s  ({traced_s:.2f} s; the "
+                  f"module again: {n / again_s:,.0f} patients/s)")
 
         # 3. batch endpoint, JSON end to end, observations as rows then as columns
         http_n = args.http_patients or n
