@@ -272,11 +272,22 @@ def _model_ref(ckpt: Checkpoint) -> dict[str, object]:
             "bidirectional": ckpt.config.bidirectional}
 
 
+_LISTED_MARKS = 4096  # bins from admission whose marks are listed once per grid
+
+
 @lru_cache(maxsize=16)
 def _hour_marks(step: float, n: int) -> list[float]:
     """[0, step, 2 step, ...] (n of them): bin k starts at mark k and ends at mark k + 1,
     each the float `_bin_labels` computes (k * step), listed once per grid."""
     return [k * step for k in range(n)]
+
+
+def _marks(step: float, a: int, b: int, listed: list[float] | None) -> list[float]:
+    """Marks a .. b + 1 (the starts and ends of bins a .. b): sliced from the listed marks,
+    or computed for a stay that reaches past them (months after admission)."""
+    if listed is not None and b + 2 <= len(listed):
+        return listed[a:b + 2]
+    return [k * step for k in range(a, b + 2)]
 
 
 def _explanations(jobs: Sequence[Job], preds: Sequence[Prediction]
@@ -301,11 +312,13 @@ def _explanations(jobs: Sequence[Job], preds: Sequence[Prediction]
                               strict=True)])
     negative = (np.where(mask, attention, 0.0) < 0).any(axis=1)
     usable = np.isfinite(totals) & (totals > 0) & ~negative
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         weights = (attention / totals[:, None]).tolist()
     offsets = [p.offset for p in preds]
     step = jobs[0].ckpt.grid.step_hours
-    marks = _hour_marks(step, 1 << (max(offsets) + n_steps + 1).bit_length())
+    reach = max(offsets) + n_steps + 1
+    listed = (_hour_marks(step, 1 << reach.bit_length()) if reach < _LISTED_MARKS
+              else None)
     out: list[dict[str, object] | ModelFailure] = []
     for j, (job, pred) in enumerate(zip(jobs, preds, strict=True)):
         if not span[j]:
@@ -318,11 +331,12 @@ def _explanations(jobs: Sequence[Job], preds: Sequence[Prediction]
             out.append(_unusable_attention(job))
             continue
         a, b = int(first[j]) + offsets[j], int(last[j]) + offsets[j]
-        starts: Sequence[float | str] = marks[a:b + 1]
-        ends: Sequence[float | str] = marks[a + 1:b + 2]
+        marks = _marks(step, a, b, listed)
+        starts: Sequence[float | str] = marks[:-1]
+        ends: Sequence[float | str] = marks[1:]
         if job.timebase.kind != "hours":
-            starts = [job.timebase.label(h) for h in marks[a:b + 1]]
-            ends = [job.timebase.label(h) for h in marks[a + 1:b + 2]]
+            labels = [job.timebase.label(h) for h in marks]
+            starts, ends = labels[:-1], labels[1:]
         bins = [{"start": start, "end": end, "weight": w} for start, end, w
                 in zip(starts, ends, weights[j][a - offsets[j]:b - offsets[j] + 1],
                        strict=True)]
@@ -560,16 +574,15 @@ def _scored(ckpt: Checkpoint, group: list[Job], explain: bool) -> list[CachedSta
 
 
 def warm_up(ckpt: Checkpoint) -> None:
-    """Record the model's forward pass as a graph where it gives the module's outputs
-    exactly (models/traced.py: no waits for the GIL between its operators), then score one
-    made-up stay (three typical readings of every variable the model reads) as requests are
-    scored, before the model serves. Torch sets up its kernels and buffers on
-    a model's first pass (the default bi-LSTM's first prediction took ~85 ms against ~10
-    after it, and ~60 MiB), which the first request would otherwise wait for; and a
-    checkpoint that loads but cannot score (weights that give NaN) raises ModelFailure
-    here, so the registry keeps serving what it served. Blocking (torch)."""
+    """Score one made-up stay (three typical readings of every variable the model reads) as
+    requests are scored, then record the model's forward pass as a graph where it gives the
+    module's outputs exactly (models/traced.py: no waits for the GIL between its
+    operators), before the model serves. Torch sets up its kernels and buffers on a model's
+    first pass (the default bi-LSTM's first prediction took ~85 ms against ~10 after it, and
+    ~60 MiB), which the first request would otherwise wait for; and a checkpoint that loads
+    but cannot score (weights that give NaN) raises ModelFailure here, before it is traced,
+    so the registry keeps serving what it served. Blocking (torch)."""
     cfg = ckpt.config
-    trace_for_inference(ckpt.model, ckpt.grid.n_steps, cfg.n_inputs, cfg.n_static)
     features = list(ckpt.normalizer.features)
     typical = [sum(CATALOGUE[name].typical) / 2 for name in features]
     n, hours = len(features), (0.5, 1.5, 2.5)
@@ -585,6 +598,7 @@ def warm_up(ckpt: Checkpoint) -> None:
     if not np.isfinite(outputs).all():
         raise ModelFailure(f"model {ckpt.name}/{ckpt.version} gives non-finite outputs for "
                            "a stay of typical values")
+    trace_for_inference(ckpt.model, ckpt.grid.n_steps, cfg.n_inputs, cfg.n_static)
 
 
 def predict(jobs: Sequence[Job]) -> list[PredictResponse]:

@@ -24,13 +24,16 @@ it.
 
 from __future__ import annotations
 
+import threading
 import warnings
 import weakref
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.jit._state
 from torch import Tensor, nn
+from torch.jit._trace import TracerWarning
 
 __all__ = ["Forward", "trace_for_inference", "traced_forward"]
 
@@ -39,6 +42,7 @@ Forward = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 _GRAPHS: weakref.WeakKeyDictionary[nn.Module, torch.jit.ScriptModule] = \
     weakref.WeakKeyDictionary()
 _CHECK_RUNS = 3  # the profiling executor optimises a graph after its first runs
+_UNIT_SWAP = threading.Lock()  # one trace at a time points torch at its own unit
 
 
 class _Outputs(nn.Module):
@@ -82,8 +86,26 @@ def _baked_in(note: warnings.WarningMessage) -> bool:
     """Whether the tracer recorded a value the model's own code computed from its inputs
     as a constant (a branch or a number taken by the data): the graph would take that path
     for every input. torch's own modules note such values for their argument checks only."""
-    return (issubclass(note.category, torch.jit.TracerWarning)
+    return (issubclass(note.category, TracerWarning)
             and not str(note.filename).startswith(_TORCH_DIR))
+
+
+def _trace_in_own_unit(wrapped: nn.Module, example: tuple[Tensor, ...]
+                       ) -> torch.jit.ScriptModule:
+    """torch.jit.trace with the module types it creates in a compilation unit of their
+    own, kept by the graph: torch's global unit would keep every traced model's code and
+    executor (several MiB a model, never freed) after the model and its graph are gone."""
+    unit = torch._C.CompilationUnit()
+    with _UNIT_SWAP:
+        shared = torch.jit._state._python_cu
+        torch.jit._state._python_cu = unit  # read by torch when it creates a module's type
+        try:
+            graph: torch.jit.ScriptModule = torch.jit.trace(  # type: ignore[no-untyped-call]
+                wrapped, example, check_trace=False)
+        finally:
+            torch.jit._state._python_cu = shared
+    graph.__dict__["_own_unit"] = unit  # the types' methods live as long as the graph
+    return graph
 
 
 def trace_for_inference(model: nn.Module, n_steps: int, n_inputs: int, n_static: int) -> bool:
@@ -99,8 +121,7 @@ def trace_for_inference(model: nn.Module, n_steps: int, n_inputs: int, n_static:
                 return False  # a forecaster: its decoder is scored by the module
             with warnings.catch_warnings(record=True) as notes:
                 warnings.simplefilter("always")
-                graph = torch.jit.trace(  # type: ignore[no-untyped-call]
-                    wrapped, example, check_trace=False)
+                graph = _trace_in_own_unit(wrapped, example)
         if any(_baked_in(note) for note in notes):
             return False
         with torch.inference_mode():
@@ -110,7 +131,7 @@ def trace_for_inference(model: nn.Module, n_steps: int, n_inputs: int, n_static:
                 for _ in range(_CHECK_RUNS):
                     if not _same(graph(*stays), want):
                         return False
-    except (RuntimeError, TypeError, ValueError, AttributeError):
+    except Exception:  # noqa: BLE001 - any failure to record or check: use the module
         return False  # a model the tracer cannot record is scored by the module
     _GRAPHS[model] = graph
     return True

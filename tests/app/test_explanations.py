@@ -32,7 +32,8 @@ def _job(model_dir: Path, iso: bool) -> service.Job:
     return service.prepare(PredictRequest.model_validate(body), ckpt, 20_000, explain=False)
 
 
-def _prediction(rng: np.random.Generator, kind: str) -> Prediction:
+def _prediction(rng: np.random.Generator, kind: str,
+                offsets: tuple[int, ...] = (0, 0, 3, 500)) -> Prediction:
     attention = rng.random(T) * rng.choice([1e-6, 1.0, 1e6])
     first = int(rng.integers(0, T))
     last = int(rng.integers(first, T))
@@ -50,7 +51,7 @@ def _prediction(rng: np.random.Generator, kind: str) -> Prediction:
     elif kind == "empty":
         mask[:] = False
     return Prediction(probability=0.3, logit=-0.8, los_days=4.0, attention=attention,
-                      step_mask=mask, offset=int(rng.choice([0, 0, 3, 500])),
+                      step_mask=mask, offset=int(rng.choice(offsets)),
                       contributions=None)
 
 
@@ -61,13 +62,20 @@ def _one(job: service.Job, pred: Prediction) -> dict[str, object] | str:
         return str(e)
 
 
+# Stays whose window starts months after admission (bins far past the marks listed once per
+# grid) and stays near admission, in one group.
+FAR = (0, 3, 4000, 4100, 87_000)
+
+
 @pytest.mark.parametrize("iso", [False, True])
-def test_group_explanations_equal_each_stay_on_its_own(tmp_path: Path, iso: bool) -> None:
+@pytest.mark.parametrize("offsets", [(0, 0, 3, 500), FAR], ids=["near", "far"])
+def test_group_explanations_equal_each_stay_on_its_own(tmp_path: Path, iso: bool,
+                                                       offsets: tuple[int, ...]) -> None:
     make_checkpoint(tmp_path)
     job = _job(tmp_path, iso)
     rng = np.random.default_rng(3)
     kinds = ["ok"] * 40 + ["nan", "negative", "zero", "gap", "empty"] * 3
-    preds = [_prediction(rng, str(kind)) for kind in rng.permutation(kinds)]
+    preds = [_prediction(rng, str(kind), offsets) for kind in rng.permutation(kinds)]
     got = service._explanations([job] * len(preds), preds)
     want = [_one(job, pred) for pred in preds]
     assert [str(g) if isinstance(g, ModelFailure) else g for g in got] == want

@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import models.checkpoint as checkpoint
+from app import service
 from app.main import create_app
 from app.registry import ModelRegistry
 from models.checkpoint import list_versions
@@ -133,14 +134,22 @@ def test_damaged_new_version_is_skipped_and_the_old_one_keeps_serving(tmp_path: 
         assert c.get("/readyz").status_code == 200
 
 
-def test_new_version_that_loads_but_cannot_score_is_skipped(tmp_path: Path) -> None:
+def test_new_version_that_loads_but_cannot_score_is_skipped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Weights that give NaN (a diverged training run) load: the warm-up scoring of a
-    made-up stay refuses them, so requests keep the old version instead of 500s."""
+    made-up stay refuses them, so requests keep the old version instead of 500s; the
+    refused model is not traced (models/traced.py) either."""
+    traced: list[object] = []
+    record = service.trace_for_inference
+    monkeypatch.setattr(service, "trace_for_inference",
+                        lambda model, *a: traced.append(model) or record(model, *a))
     first = make_checkpoint(tmp_path).name
     with TestClient(create_app(settings_for(tmp_path))) as c:
         before = c.post("/v1/predict", json=request_body(), headers=USER).json()
+        assert len(traced) == 1
         bad = make_checkpoint(tmp_path, seed=5, fill=float("nan"))
         body = c.post("/v1/models/reload", headers=ADMIN).json()
+        assert len(traced) == 1
         assert [m["version"] for m in body["models"]] == [first]
         (error,) = body["errors"]
         assert error["version"] == bad.name, error

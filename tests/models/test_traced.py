@@ -88,3 +88,30 @@ def test_a_graph_goes_with_its_model() -> None:
     del model
     gc.collect()
     assert len(traced._GRAPHS) == before
+
+
+def test_traces_leave_nothing_in_torchs_shared_unit() -> None:
+    """Each reload traces the new version's model: the code of models no longer served must
+    go with them, not pile up in torch's process-wide compilation unit (MiB per trace)."""
+    shared = torch.jit._state._python_cu
+    before = len(shared.get_functions())
+    for seed in range(3):
+        torch.manual_seed(seed)
+        assert trace_for_inference(_model("lstm", True), T, 3 * F, S)
+    gc.collect()
+    assert torch.jit._state._python_cu is shared
+    assert len(shared.get_functions()) == before
+
+
+class _Broken(_Branchy):
+    def forward(self, x: Tensor, static: Tensor, step_mask: Tensor) -> ModelOutput:
+        if torch.jit.is_tracing():
+            raise KeyError("something the tracer does not expect")
+        return super().forward(x, static, step_mask)
+
+
+def test_a_model_that_fails_to_trace_in_any_way_is_scored_by_the_module() -> None:
+    model = _Broken()
+    assert not trace_for_inference(model, T, 3 * F, S)
+    assert traced_forward(model) is None
+    assert torch.jit._state._python_cu is not None
