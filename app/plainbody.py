@@ -53,12 +53,36 @@ _COLUMNS = pa.struct([("time", pa.list_(pa.float64())), ("variable", pa.list_(pa
                       ("value", pa.list_(pa.float64()))])
 
 
+# Arrow arrays are built and read here from their buffers: pyarrow's conversions
+# (pa.array from a list, Array.to_numpy) ask its pandas shim whether they were handed pandas
+# objects, which imports pandas (~40 MiB resident) into a service that never uses it.
+
 @cache
 def _name_set() -> pa.Array:
-    """`_NAMES` as an Arrow array, built at the first batch: pyarrow's conversions import
-    pandas (~30 MB resident), which a service that answers one patient at a time never
-    needs."""
-    return pa.array(_NAMES, pa.string())
+    """`_NAMES` as an Arrow string array (its offsets and UTF-8 bytes)."""
+    encoded = [name.encode() for name in _NAMES]
+    offsets = np.cumsum([0, *map(len, encoded)], dtype=np.int32)
+    return pa.Array.from_buffers(pa.string(), len(encoded),
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
+
+
+def _view(array: pa.Array, dtype: type[np.generic]) -> np.ndarray:
+    """The values of a fixed-width Arrow array as a read-only numpy view (a null's slot
+    holds whatever is there: callers mask or have ruled nulls out)."""
+    width = np.dtype(dtype).itemsize
+    if not len(array):
+        return np.empty(0, dtype=dtype)
+    return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array),
+                         offset=array.offset * width)
+
+
+def _valid(array: pa.Array) -> np.ndarray:
+    """Which slots of `array` hold a value (its validity bitmap, or all)."""
+    bitmap = array.buffers()[0]
+    if bitmap is None or not array.null_count:
+        return np.ones(len(array), dtype=bool)
+    bits = np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8), bitorder="little")
+    return bits[array.offset:array.offset + len(array)].astype(bool)
 
 
 def _options(observations: pa.DataType) -> pj.ParseOptions:
@@ -136,13 +160,13 @@ def decode_plain_batch(body: bytes) -> dict[str, Any] | None:
         time, variable, value = given.flatten()
         if time.null_count or variable.null_count or value.null_count:
             return None  # a list left out or null: the general path names it
-        counts = time.value_lengths().to_numpy()
-        if (not np.array_equal(counts, variable.value_lengths().to_numpy())
-                or not np.array_equal(counts, value.value_lengths().to_numpy())):
+        counts = _view(time.value_lengths(), np.int32)
+        if (not np.array_equal(counts, _view(variable.value_lengths(), np.int32))
+                or not np.array_equal(counts, _view(value.value_lengths(), np.int32))):
             return None  # lists of different lengths: the general path names them
         time, variable, value = time.flatten(), variable.flatten(), value.flatten()
     else:
-        counts = given.value_lengths().to_numpy()
+        counts = _view(given.value_lengths(), np.int32)
         time, variable, value = given.flatten().flatten()
     if 0 in counts:
         return None
@@ -172,11 +196,10 @@ def _statics(static: pa.StructArray) -> list[dict[str, Any] | None] | None:
     fields = [f.name for f in static.type]
     arrays = static.flatten()
     for array in arrays:
-        if pa.types.is_floating(array.type):
-            given = array.is_valid().to_numpy(zero_copy_only=False)
-            if not np.isfinite(array.to_numpy(zero_copy_only=False)[given]).all():
-                return None
-    given = static.is_valid().to_numpy(zero_copy_only=False)
+        if (pa.types.is_floating(array.type)
+                and not np.isfinite(_view(array, np.float64)[_valid(array)]).all()):
+            return None
+    given = _valid(static)
     columns = [array.to_pylist() for array in arrays]
     return [{name: column[i] for name, column in zip(fields, columns, strict=True)
              if column[i] is not None} if given[i] else None for i in range(len(static))]
@@ -191,8 +214,8 @@ def _columns(time: pa.Array, variable: pa.Array, value: pa.Array, counts: np.nda
     code_array = pc.index_in(variable, value_set=_name_set())  # null: not a catalogue name
     if time.null_count or variable.null_count or value.null_count or code_array.null_count:
         return None
-    code = code_array.to_numpy().astype(np.int64)
-    hours, values = time.to_numpy(), value.to_numpy()
+    code = _view(code_array, np.int32).astype(np.int64)
+    hours, values = _view(time, np.float64), _view(value, np.float64)
     if not plain_values(hours, values, _BOUNDS[code], _STATE[code]):
         return None  # out of range, impossible, or NaN/Infinity (every comparison fails)
     n_patients, n_names = len(counts), len(_NAMES)

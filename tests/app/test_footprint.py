@@ -28,8 +28,8 @@ def test_the_service_starts_without_pandas() -> None:
 
 def test_answering_single_patients_keeps_pandas_out(tmp_path: Path) -> None:
     """Not only at start: /v1/predict (rows, columns, date-times, a what-if), /v1/forecast,
-    /v1/predict/fhir and /v2 inference read no DataFrame either. (A batch decoded by
-    Arrow imports pandas through pyarrow's conversions: known, left out here.)"""
+    /v1/predict/fhir, /v2 inference and batches (plain ones decoded by Arrow, whose
+    conversions would import pandas) read no DataFrame either."""
     from tests.app.support import make_checkpoint, normalizer, request_body
     from tests.app.test_columns import ISO, as_columns
     from tests.app.test_fhir import bundle
@@ -55,7 +55,11 @@ def test_answering_single_patients_keeps_pandas_out(tmp_path: Path) -> None:
         ("/v1/forecast", patient), ("/v1/predict/fhir", bundle()),
         ("/v1/predict/fhir?format=riskassessment", bundle()),
         ("/v2/models/default/infer", infer_body(tensors)),
-        ("/v1/predict/batch", {"patients": [patient, ISO]}),  # small, rows: no Arrow
+        ("/v1/predict/batch", {"patients": [patient, ISO]}),  # not plain: no Arrow
+        ("/v1/predict/batch", {"patients": [  # plain: Arrow, rows then columns
+            patient, {**patient, "static": {"age": 71, "sex": None, "weight": 80}}]}),
+        ("/v1/predict/batch", {"patients": [as_columns(patient), {
+            **as_columns(patient), "patient_id": "b", "static": {"height": 170.5}}]}),
     ]
     (tmp_path / "requests.json").write_text(json.dumps(requests))
     code = ("import json, sys\n"
