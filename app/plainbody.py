@@ -72,8 +72,12 @@ def _view(array: pa.Array, dtype: type[np.generic]) -> np.ndarray:
     width = np.dtype(dtype).itemsize
     if not len(array):
         return np.empty(0, dtype=dtype)
-    return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array),
+    # np.frombuffer of a buffer Arrow allocated (the JSON reader's) is writable: make the
+    # view read-only, as Array.to_numpy's was, so no caller writes into Arrow's memory.
+    view = np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array),
                          offset=array.offset * width)
+    view.flags.writeable = False
+    return view
 
 
 def _valid(array: pa.Array) -> np.ndarray:

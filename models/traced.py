@@ -24,6 +24,7 @@ it.
 
 from __future__ import annotations
 
+import logging
 import threading
 import warnings
 import weakref
@@ -31,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.jit._recursive
 import torch.jit._state
 from torch import Tensor, nn
 from torch.jit._trace import TracerWarning
@@ -41,8 +43,12 @@ Forward = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 
 _GRAPHS: weakref.WeakKeyDictionary[nn.Module, torch.jit.ScriptModule] = \
     weakref.WeakKeyDictionary()
+log = logging.getLogger(__name__)
 _CHECK_RUNS = 3  # the profiling executor optimises a graph after its first runs
 _UNIT_SWAP = threading.Lock()  # one trace at a time points torch at its own unit
+# Units that something else compiled into while torch pointed at them (torch.jit.script in
+# another thread): torch's caches keep those types, whose code must then outlive the graph.
+_PINNED: list[torch._C.CompilationUnit] = []
 
 
 class _Outputs(nn.Module):
@@ -97,15 +103,27 @@ def _trace_in_own_unit(wrapped: nn.Module, example: tuple[Tensor, ...]
     executor (several MiB a model, never freed) after the model and its graph are gone."""
     unit = torch._C.CompilationUnit()
     with _UNIT_SWAP:
-        shared = torch.jit._state._python_cu
-        torch.jit._state._python_cu = unit  # read by torch when it creates a module's type
+        shared, cached = torch.jit._state._python_cu, _cached_jit_types()
         try:
+            torch.jit._state._python_cu = unit  # read by torch when it creates a module's type
             graph: torch.jit.ScriptModule = torch.jit.trace(  # type: ignore[no-untyped-call]
                 wrapped, example, check_trace=False)
         finally:
             torch.jit._state._python_cu = shared
+            if _cached_jit_types() != cached:
+                # A module or class scripted meanwhile (tracing caches none) has its type in
+                # this unit, held weakly by torch's process-wide caches: freeing the unit with
+                # the graph would leave them pointing at freed code (a crash when that class
+                # is scripted again). Keep it: a leak, not a segfault.
+                _PINNED.append(unit)
     graph.__dict__["_own_unit"] = unit  # the types' methods live as long as the graph
     return graph
+
+
+def _cached_jit_types() -> int:
+    """How many module and class types torch's scripting has cached process-wide."""
+    store = torch.jit._recursive.concrete_type_store.type_store
+    return sum(map(len, store.values())) + len(torch.jit._state._script_classes)
 
 
 def trace_for_inference(model: nn.Module, n_steps: int, n_inputs: int, n_static: int) -> bool:
@@ -131,8 +149,12 @@ def trace_for_inference(model: nn.Module, n_steps: int, n_inputs: int, n_static:
                 for _ in range(_CHECK_RUNS):
                     if not _same(graph(*stays), want):
                         return False
-    except Exception:  # noqa: BLE001 - any failure to record or check: use the module
-        return False  # a model the tracer cannot record is scored by the module
+    except Exception as e:  # noqa: BLE001 - any failure to record or check: use the module
+        # said, as it is slower beside other threads (the message may quote tensor values:
+        # only its kind is logged)
+        log.warning("%s scores without a traced graph: tracing failed (%s)",
+                    type(model).__name__, type(e).__name__)
+        return False
     _GRAPHS[model] = graph
     return True
 

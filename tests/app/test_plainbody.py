@@ -237,3 +237,13 @@ def test_unplain_number_check_across_its_chunks(where: int, what: bytes) -> None
     for candidate in (body + what + b" " + filler, body + what):
         assert plainbody.has_unplain_number(candidate) == _unplain_by_regex(candidate), \
             candidate[plainbody._CHUNK - 30:plainbody._CHUNK + 30]
+
+
+def test_the_fast_paths_columns_are_read_only_views() -> None:
+    """Views of Arrow's buffers, read-only as Array.to_numpy's were: nothing downstream
+    writes into them."""
+    decoded = decode_plain_batch(json.dumps(_plain_batch()).encode())
+    assert decoded is not None
+    for patient in decoded["patients"]:
+        rows = patient["observations"]
+        assert not rows.values.flags.writeable and not rows.hours.flags.writeable

@@ -110,8 +110,43 @@ class _Broken(_Branchy):
         return super().forward(x, static, step_mask)
 
 
-def test_a_model_that_fails_to_trace_in_any_way_is_scored_by_the_module() -> None:
+def test_a_model_that_fails_to_trace_in_any_way_is_scored_by_the_module(
+        caplog: pytest.LogCaptureFixture) -> None:
     model = _Broken()
-    assert not trace_for_inference(model, T, 3 * F, S)
+    with caplog.at_level("WARNING", logger="models.traced"):
+        assert not trace_for_inference(model, T, 3 * F, S)
+    assert "_Broken scores without a traced graph: tracing failed (KeyError)" in caplog.text
+    assert "something the tracer" not in caplog.text
     assert traced_forward(model) is None
     assert torch.jit._state._python_cu is not None
+
+
+class _Scripted(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Linear(3, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.w(x)
+        return out * 2
+
+
+def test_a_module_scripted_during_a_trace_outlives_the_graph(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.jit.script (another thread's) while a trace points torch at its own unit puts
+    the scripted class's type there, cached process-wide: the unit must outlive the graph,
+    or scripting that class again reads freed code (a segfault)."""
+    trace = torch.jit.trace
+
+    def trace_beside_a_script(*args: object, **kwargs: object) -> object:
+        torch.jit.script(_Scripted())  # type: ignore[no-untyped-call]
+        return trace(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+    monkeypatch.setattr(torch.jit, "trace", trace_beside_a_script)
+    model = _model("lstm", True)
+    assert trace_for_inference(model, T, 3 * F, S)
+    monkeypatch.undo()
+    del model
+    gc.collect()
+    again = torch.jit.script(_Scripted())  # type: ignore[no-untyped-call]
+    assert again(torch.ones(1, 3)).shape == (1, 3)
