@@ -283,9 +283,10 @@ def _hour_marks(step: float, n: int) -> list[float]:
 
 
 def _marks(step: float, a: int, b: int, listed: list[float] | None) -> list[float]:
-    """Marks a .. b + 1 (the starts and ends of bins a .. b): sliced from the listed marks,
-    or computed for a stay that reaches past them (months after admission)."""
-    if listed is not None and b + 2 <= len(listed):
+    """Marks a .. b + 1 (the starts and ends of bins a .. b): sliced from the group's listed
+    marks (which reach past every stay's last bin), or computed when the group reaches
+    past `_LISTED_MARKS` (months after admission) and has none listed."""
+    if listed is not None:
         return listed[a:b + 2]
     return [k * step for k in range(a, b + 2)]
 
