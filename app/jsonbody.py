@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable, Coroutine
 from email.message import Message
 from typing import Any
@@ -27,6 +28,8 @@ from fastapi.routing import APIRoute
 from starlette.types import Receive, Scope
 
 from app.errors import UnsupportedMediaType
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["StrictJsonRequest", "StrictJsonRoute", "check_json_content_type", "has_long_number",
            "parse_json"]
@@ -143,11 +146,24 @@ class StrictJsonRequest(Request):
         if not hasattr(self, "_json"):
             body = await self.body()
             value = None
-            if self._fast_body is not None:
-                value = (await asyncio.to_thread(self._fast_body, body)
-                         if len(body) > _OFF_LOOP_BYTES else self._fast_body(body))
+            fast = self._fast_body
+            if fast is not None:
+                value = (await asyncio.to_thread(_fast_or_none, fast, body)
+                         if len(body) > _OFF_LOOP_BYTES else _fast_or_none(fast, body))
             self._json = value if value is not None else parse_json(body)
         return self._json
+
+
+def _fast_or_none(fast: FastBody, body: bytes) -> Any | None:
+    """The fast decoder's value, or None when it fails: it only ever speeds up bodies the
+    general path takes as well, so a fault in it (a bug, a library that changed) costs
+    speed, never a 500. Logged with its kind of error only (no body: patient data)."""
+    try:
+        return fast(body)
+    except Exception as e:  # noqa: BLE001 - any fault: the general path decides
+        logger.warning("fast body decoder failed (%s); the body takes the general path",
+                       type(e).__name__)
+        return None
 
 
 class StrictJsonRoute(APIRoute):

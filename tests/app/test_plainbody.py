@@ -211,6 +211,28 @@ def test_a_repeated_key_in_a_plain_batch_is_refused_as_before(client: TestClient
     assert "duplicate key 'value'" in r.json()["error"]["message"]
 
 
+def test_a_fault_in_the_fast_decoder_costs_speed_not_the_answer(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = json.dumps(_plain_batch())
+    headers = {**USER, "Content-Type": "application/json"}
+    before = client.post("/v1/predict/batch", content=body, headers=headers)
+    assert before.status_code == 200
+
+    def broken(_: bytes) -> None:
+        raise RuntimeError("a bug in the fast path")
+
+    monkeypatch.setattr("app.routers.predict.decode_plain_batch", broken)
+    with caplog.at_level("WARNING", logger="app.jsonbody"):
+        after = client.post("/v1/predict/batch", content=body, headers=headers)
+    assert after.status_code == 200
+    assert after.json() == before.json()  # the general path's answer: the same
+    logged = [r.getMessage() for r in caplog.records if r.name == "app.jsonbody"]
+    assert logged == ["fast body decoder failed (RuntimeError); the body takes the "
+                      "general path"]
+    assert "a bug" not in caplog.text  # the error's kind only: no body, no message
+
+
 def _unplain_by_regex(body: bytes) -> bool:
     return (re.search(rb"\d{19}", body) is not None
             or re.search(rb"-0(?![.\deE])", body) is not None)
