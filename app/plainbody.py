@@ -13,7 +13,8 @@ orjson) held up at every operator.
 
 It answers None for any body that is not plain, which then takes the general path
 (`parse_json`, the per-field validators) and gets its answer, or its error message, from
-there: the fast path never decides an error. Plain means, beyond `_plain_columns`'s rows
+there: the fast path never decides an error (a fault in it sends the body there too:
+app.jsonbody). Plain means, beyond `_plain_columns`'s rows
 (time a number of hours in range, a catalogue variable, a number in its possible range):
 one JSON object {"patients": [...]}, patients with only patient_id, model, static (age,
 sex, weight, height) and observations, every patient's observations in the same form (all
