@@ -29,7 +29,7 @@ from starlette.types import Receive, Scope
 
 from app.errors import UnsupportedMediaType
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("vitalcast.jsonbody")
 
 __all__ = ["StrictJsonRequest", "StrictJsonRoute", "check_json_content_type", "has_long_number",
            "parse_json"]

@@ -52,7 +52,9 @@ def configure_logging(level: str) -> None:
     """JSON lines on stderr for the service's loggers (idempotent)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
-    for name in ("vitalcast", "uvicorn", "uvicorn.error"):
+    # "models": the model code's warnings (a graph that failed to trace, attributions
+    # short of completeness) as JSON lines too, not Python's bare last-resort lines.
+    for name in ("vitalcast", "models", "uvicorn", "uvicorn.error"):
         log = logging.getLogger(name)
         log.handlers = [handler]
         log.setLevel(level)

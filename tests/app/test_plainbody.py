@@ -223,11 +223,11 @@ def test_a_fault_in_the_fast_decoder_costs_speed_not_the_answer(
         raise RuntimeError("a bug in the fast path")
 
     monkeypatch.setattr("app.routers.predict.decode_plain_batch", broken)
-    with caplog.at_level("WARNING", logger="app.jsonbody"):
+    with caplog.at_level("WARNING", logger="vitalcast.jsonbody"):
         after = client.post("/v1/predict/batch", content=body, headers=headers)
     assert after.status_code == 200
     assert after.json() == before.json()  # the general path's answer: the same
-    logged = [r.getMessage() for r in caplog.records if r.name == "app.jsonbody"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "vitalcast.jsonbody"]
     assert logged == ["fast body decoder failed (RuntimeError); the body takes the "
                       "general path"]
     assert "a bug" not in caplog.text  # the error's kind only: no body, no message
