@@ -23,7 +23,8 @@ A single patient the cache holds (`answer`) is answered on the event loop: no to
 thread hop; a batch request goes to the threads, whose scoring uses the cache too. A
 patient whose own output is unusable fails alone (`predict_each`); if scoring a merged
 batch raises, its requests are scored again one at a time so that the
-error stays with the request that caused it.
+error stays with the request that caused it. Chunks of a request that was cancelled
+before a thread took them (a bulk client that went away) are skipped.
 """
 
 from __future__ import annotations
@@ -134,6 +135,11 @@ class Batcher:
                 return
 
     def _score(self, items: list[_Item]) -> None:
+        # A request cancelled while it queued (its client went away: routers.predict) is
+        # not scored: under overload, the time goes to requests someone still waits for.
+        items = [item for item in items if not item.future.done()]
+        if not items:
+            return
         jobs = [job for item in items for job in item.jobs]
         try:
             outcomes = self.score(jobs)

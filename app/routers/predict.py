@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Body, Query, Response
+from fastapi import APIRouter, Body, Query, Request, Response
 
 from app.deps import BatcherDep, MetricsDep, RegistryDep, SettingsDep
 from app.errors import InvalidRequest, ServiceError
@@ -91,16 +92,40 @@ class _BatchRoute(StrictJsonRoute):
         return decode_plain_batch(body)
 
 
+# Status logged and counted for a batch whose client left before its answer (nginx's
+# "client closed request"); nobody reads the response itself.
+CLIENT_CLOSED = 499
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects. The body has been read: the server's next
+    message for this request is its disconnect (or the end of the response)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def predict_batch(
-    batch: BatchRequest, registry: RegistryDep, settings: SettingsDep, metrics: MetricsDep,
-    batcher: BatcherDep, _: UserKey, contributions: Contributions = True,
+    batch: BatchRequest, request: Request, registry: RegistryDep, settings: SettingsDep,
+    metrics: MetricsDep, batcher: BatcherDep, _: UserKey, contributions: Contributions = True,
 ) -> Response:
     if len(batch.patients) > settings.max_batch:
         raise InvalidRequest(f"patients: {len(batch.patients)} patients exceed the limit of "
                              f"{settings.max_batch} per batch")
-    jobs = prepare_batch(batch.patients, lambda request: registry.get(request.model),
+    jobs = prepare_batch(batch.patients, lambda r: registry.get(r.model),
                          settings.max_observations, contributions)
-    return _json({"results": await _score(jobs, batcher, metrics)})
+    # A bulk batch takes a while; if its client goes away meanwhile (a timeout, a cancelled
+    # job), its chunks still queued are dropped rather than scored for nobody.
+    scoring = asyncio.ensure_future(_score(jobs, batcher, metrics))
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait((scoring, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not scoring.done():  # the client left (or this handler was cancelled)
+            scoring.cancel()
+    if not scoring.done() or scoring.cancelled():
+        return Response(status_code=CLIENT_CLOSED)
+    return _json({"results": scoring.result()})
 
 
 router.add_api_route("/batch", predict_batch, methods=["POST"], response_model=BatchResponse,

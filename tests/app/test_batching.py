@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -203,3 +205,85 @@ def test_bulk_requests_in_flight_are_answered_in_order_across_chunks(
                 bins = results[i]["explanation"]["attention"]
                 assert [(b["start"], b["end"]) for b in bins] == [
                     (b["start"], b["end"]) for b in alone["explanation"]["attention"]]
+
+
+def test_chunks_of_a_request_cancelled_while_queued_are_not_scored() -> None:
+    score = FakeScore()  # its first batch blocks until released
+    batcher = Batcher(score, max_patients=2, chunk_patients=2)  # type: ignore[arg-type]
+
+    async def run() -> list[Any]:
+        busy = asyncio.ensure_future(batcher.submit(["busy"]))  # type: ignore[list-item]
+        await asyncio.sleep(0.05)  # the thread is scoring it: what follows queues
+        left = asyncio.ensure_future(batcher.submit(list("abcdef")))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        left.cancel()  # its client went away
+        staying = asyncio.ensure_future(batcher.submit(["x", "y"]))  # type: ignore[list-item]
+        await asyncio.sleep(0.05)
+        score.release.set()
+        return await asyncio.gather(busy, staying)
+
+    try:
+        answers = asyncio.run(run())
+    finally:
+        batcher.stop()
+    assert answers == [["busy"], ["x", "y"]]
+    assert score.batches == [["busy"], ["x", "y"]]  # none of the cancelled request's chunks
+
+
+def test_a_bulk_batch_whose_client_leaves_is_dropped_not_scored(
+        shared_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client disconnects right after sending 1,000 patients (8 chunks): the threads
+    may have taken a chunk or two already, the rest are never scored, and the request is
+    counted with status 499 (client closed request)."""
+    from app import main
+
+    scored: list[int] = []
+    predict_each = main.predict_each
+
+    def counting(jobs: Sequence[Any], **kwargs: Any) -> list[Outcome]:
+        scored.append(len(jobs))
+        return predict_each(jobs, **kwargs)
+
+    monkeypatch.setattr(main, "predict_each", counting)
+    body = json.dumps({"patients": [request_body(patient_id=f"p{i}")
+                                    for i in range(1000)]}).encode()
+    settings = settings_for(shared_model_dir, cache_entries=0, inference_threads=2)
+    with TestClient(create_app(settings)) as client:
+        async def leave_early() -> list[dict[str, Any]]:
+            sent: list[dict[str, Any]] = []
+            delivered = False
+
+            async def receive() -> dict[str, Any]:
+                nonlocal delivered
+                if not delivered:
+                    delivered = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return {"type": "http.disconnect"}  # gone as soon as it has sent
+
+            async def send(message: dict[str, Any]) -> None:
+                sent.append(message)
+
+            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                     "method": "POST", "scheme": "http", "path": "/v1/predict/batch",
+                     "raw_path": b"/v1/predict/batch", "root_path": "",
+                     "query_string": b"contributions=true",
+                     "headers": [(b"content-type", b"application/json"),
+                                 (b"content-length", str(len(body)).encode()),
+                                 *[(k.lower().encode(), v.encode()) for k, v in USER.items()]],
+                     "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
+                     "state": dict(client.app_state)}
+            await client.app(scope, receive, send)  # type: ignore[arg-type]
+            return sent
+
+        assert client.portal is not None
+        sent = client.portal.call(leave_early)
+        assert sent[0]["status"] == 499
+        time.sleep(0.5)  # any chunk a thread had taken finishes
+        dropped = sum(scored)
+        again = client.post("/v1/predict/batch", json={"patients": [request_body()]},
+                            headers=USER)
+        metrics = client.get("/metrics").text
+    assert dropped <= 4 * 128 < 1000  # at most the chunks the threads had already taken
+    assert again.status_code == 200 and sum(scored) == dropped + 1  # the next one is scored
+    assert re.search(r'requests_total\{method="POST",route="/v1/predict/batch",'
+                     r'status="499"\} 1\.0', metrics)
