@@ -115,17 +115,19 @@ async def predict_batch(
                          settings.max_observations, contributions)
     # A bulk batch takes a while; if its client goes away meanwhile (a timeout, a cancelled
     # job), its chunks still queued are dropped rather than scored for nobody.
+    # Best effort: a disconnect the server does not report to this request (a later
+    # request pipelined on the connection) leaves the batch scored as before.
     scoring = asyncio.ensure_future(_score(jobs, batcher, metrics))
     gone = asyncio.ensure_future(_client_gone(request))
     try:
         await asyncio.wait((scoring, gone), return_when=asyncio.FIRST_COMPLETED)
+        if not scoring.done() and gone.exception() is None:  # the client left
+            return Response(status_code=CLIENT_CLOSED)
+        # (a watcher that failed is no disconnect: the client still waits for its answer)
+        return _json({"results": await scoring})
     finally:
         gone.cancel()
-        if not scoring.done():  # the client left (or this handler was cancelled)
-            scoring.cancel()
-    if not scoring.done() or scoring.cancelled():
-        return Response(status_code=CLIENT_CLOSED)
-    return _json({"results": scoring.result()})
+        scoring.cancel()  # nothing once it is done; else the client left or this was cancelled
 
 
 router.add_api_route("/batch", predict_batch, methods=["POST"], response_model=BatchResponse,

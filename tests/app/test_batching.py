@@ -8,7 +8,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,11 +27,13 @@ class FakeScore:
 
     def __init__(self, fail_on: object = None) -> None:
         self.batches: list[list[Any]] = []
+        self.entered = threading.Event()  # a thread is inside the first call
         self.release = threading.Event()
         self.fail_on = fail_on
 
     def __call__(self, jobs: Sequence[Any]) -> list[Outcome]:
         if not self.batches:
+            self.entered.set()
             self.release.wait(10)
         self.batches.append(list(jobs))
         if self.fail_on in jobs:
@@ -213,7 +215,7 @@ def test_chunks_of_a_request_cancelled_while_queued_are_not_scored() -> None:
 
     async def run() -> list[Any]:
         busy = asyncio.ensure_future(batcher.submit(["busy"]))  # type: ignore[list-item]
-        await asyncio.sleep(0.05)  # the thread is scoring it: what follows queues
+        assert await asyncio.to_thread(score.entered.wait, 10)  # scoring it: the rest queues
         left = asyncio.ensure_future(batcher.submit(list("abcdef")))  # type: ignore[arg-type]
         await asyncio.sleep(0.05)
         left.cancel()  # its client went away
@@ -249,34 +251,10 @@ def test_a_bulk_batch_whose_client_leaves_is_dropped_not_scored(
                                     for i in range(1000)]}).encode()
     settings = settings_for(shared_model_dir, cache_entries=0, inference_threads=2)
     with TestClient(create_app(settings)) as client:
-        async def leave_early() -> list[dict[str, Any]]:
-            sent: list[dict[str, Any]] = []
-            delivered = False
+        async def gone() -> dict[str, Any]:
+            return {"type": "http.disconnect"}  # gone as soon as it has sent
 
-            async def receive() -> dict[str, Any]:
-                nonlocal delivered
-                if not delivered:
-                    delivered = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                return {"type": "http.disconnect"}  # gone as soon as it has sent
-
-            async def send(message: dict[str, Any]) -> None:
-                sent.append(message)
-
-            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-                     "method": "POST", "scheme": "http", "path": "/v1/predict/batch",
-                     "raw_path": b"/v1/predict/batch", "root_path": "",
-                     "query_string": b"contributions=true",
-                     "headers": [(b"content-type", b"application/json"),
-                                 (b"content-length", str(len(body)).encode()),
-                                 *[(k.lower().encode(), v.encode()) for k, v in USER.items()]],
-                     "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
-                     "state": dict(client.app_state)}
-            await client.app(scope, receive, send)  # type: ignore[arg-type]
-            return sent
-
-        assert client.portal is not None
-        sent = client.portal.call(leave_early)
+        sent = _post_over_asgi(client, body, gone)
         assert sent[0]["status"] == 499
         time.sleep(0.5)  # any chunk a thread had taken finishes
         dropped = sum(scored)
@@ -287,3 +265,51 @@ def test_a_bulk_batch_whose_client_leaves_is_dropped_not_scored(
     assert again.status_code == 200 and sum(scored) == dropped + 1  # the next one is scored
     assert re.search(r'requests_total\{method="POST",route="/v1/predict/batch",'
                      r'status="499"\} 1\.0', metrics)
+
+
+def _post_over_asgi(client: TestClient, body: bytes,
+                    after_body: Callable[[], Awaitable[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """POST `body` to /v1/predict/batch (contributions on) straight into the app on the
+    TestClient's event loop, `after_body` giving every message the server would send
+    after the body (a disconnect); the messages the app sent back."""
+    async def call() -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+        delivered = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await after_body()
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "POST", "scheme": "http", "path": "/v1/predict/batch",
+                 "raw_path": b"/v1/predict/batch", "root_path": "",
+                 "query_string": b"contributions=true",
+                 "headers": [(b"content-type", b"application/json"),
+                             (b"content-length", str(len(body)).encode()),
+                             *[(k.lower().encode(), v.encode()) for k, v in USER.items()]],
+                 "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
+                 "state": dict(client.app_state)}
+        await client.app(scope, receive, send)  # type: ignore[arg-type]
+        return sent
+
+    assert client.portal is not None
+    return client.portal.call(call)
+
+
+def test_a_batch_whose_disconnect_watch_fails_is_still_answered(client: TestClient) -> None:
+    """Only a disconnect drops a batch: a server whose receive fails after the body (none
+    known) leaves the client waiting for its answer, which it gets."""
+    async def broken() -> dict[str, Any]:
+        raise RuntimeError("receive failed")
+
+    body = json.dumps({"patients": [request_body(patient_id=f"p{i}") for i in range(3)]})
+    sent = _post_over_asgi(client, body.encode(), broken)
+    assert sent[0]["status"] == 200
+    results = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["results"]
+    assert [r["patient_id"] for r in results] == ["p0", "p1", "p2"]
