@@ -120,6 +120,8 @@ class Batcher:
                 break
             if item is None:
                 return items, True
+            if item.future.done():  # cancelled while queued: takes no room in the batch
+                continue
             items.append(item)
             n += len(item.jobs)
         return items, False
@@ -129,6 +131,8 @@ class Batcher:
             first = self._queue.get()
             if first is None:
                 return
+            if first.future.done():  # cancelled while queued (its client went away)
+                continue
             items, stop = self._take(first)
             self._score(items)
             if stop:
