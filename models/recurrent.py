@@ -13,6 +13,7 @@ the fed-back output y0).
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -20,7 +21,11 @@ from torch import Tensor, nn
 
 from models.layers import ModelConfig
 
-__all__ = ["JordanEncoder", "TorchRNNEncoder", "align_left", "span_mask"]
+__all__ = ["ALIGNED_TRACE", "JordanEncoder", "TorchRNNEncoder", "align_left", "span_mask"]
+
+# True while a graph is traced for stays whose spans all start at bin 0 (models/traced.py):
+# align_left then records no roll, as the module takes none for such stays.
+ALIGNED_TRACE: ContextVar[bool] = ContextVar("aligned_trace", default=False)
 
 
 def span_mask(step_mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -37,8 +42,11 @@ def span_mask(step_mask: Tensor) -> tuple[Tensor, Tensor]:
 def align_left(x: Tensor, first: Tensor, inverse: bool = False) -> Tensor:
     """Roll each row of x (B, T, ...) left by first[b] (right when inverse)."""
     tracing = torch.jit.is_tracing()  # type: ignore[attr-defined, no-untyped-call]
+    if tracing and ALIGNED_TRACE.get():
+        return x  # a graph only ever given stays that start at bin 0
     if not tracing and not bool((first != 0).any()):
-        return x  # (a traced graph always gathers: the same values when no row shifts)
+        return x  # (the general traced graph always gathers: the same values when no row
+        # shifts)
     _, t_steps = x.shape[:2]
     steps = torch.arange(t_steps, device=x.device)
     shift = -first if inverse else first
