@@ -24,7 +24,10 @@ thread hop; a batch request goes to the threads, whose scoring uses the cache to
 patient whose own output is unusable fails alone (`predict_each`); if scoring a merged
 batch raises, its requests are scored again one at a time so that the
 error stays with the request that caused it. Chunks of a request that was cancelled
-before a thread took them (a bulk client that went away) are skipped.
+before a thread took them (a bulk client that went away) are skipped. A thread that has
+scored a batch of `max_patients` or more and then finds nothing to do for
+`IDLE_AFTER_BULK_S` calls `after_bulk` (app.memory.release_free_memory: what bulk scoring
+freed goes back to the system once the load has passed, never during it).
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ __all__ = ["Batcher", "Outcome"]
 
 log = logging.getLogger("vitalcast.batching")
 
+IDLE_AFTER_BULK_S = 0.5
+
 ScoreFn = Callable[[Sequence[Job]], list[Outcome]]
 AnswerFn = Callable[[Sequence[Job]], list[Outcome] | None]
 
@@ -57,12 +62,14 @@ class _Item:
 class Batcher:
     def __init__(self, score: ScoreFn, max_patients: int = 64, max_delay_s: float = 0.0,
                  answer: AnswerFn | None = None, threads: int = 1,
-                 chunk_patients: int = 128) -> None:
+                 chunk_patients: int = 128, after_bulk: Callable[[], object] | None = None
+                 ) -> None:
         if threads < 1 or chunk_patients < 1:
             raise ValueError(f"threads and chunk_patients must be >= 1, got {threads} and "
                              f"{chunk_patients}")
         self.score = score
         self.answer = answer  # cheap answers (the cache), tried on the event loop first
+        self.after_bulk = after_bulk  # called when the thread goes idle after bulk scoring
         self.max_patients = max_patients
         self.max_delay_s = max_delay_s
         self.threads = threads
@@ -127,8 +134,14 @@ class Batcher:
         return items, False
 
     def _run(self) -> None:
+        bulk = False  # a bulk batch was scored since the thread last waited with nothing to do
         while True:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=IDLE_AFTER_BULK_S) if bulk else self._queue.get()
+            except queue.Empty:  # idle after bulk scoring
+                bulk = False
+                self._after_bulk()
+                continue
             if first is None:
                 return
             if first.future.done():  # cancelled while queued (its client went away)
@@ -137,6 +150,15 @@ class Batcher:
             self._score(items)
             if stop:
                 return
+            bulk = bulk or (self.after_bulk is not None
+                            and sum(len(item.jobs) for item in items) >= self.max_patients)
+
+    def _after_bulk(self) -> None:
+        try:
+            if self.after_bulk is not None:
+                self.after_bulk()
+        except Exception as e:  # noqa: BLE001 - housekeeping: never the thread's end
+            log.warning("after bulk scoring: %s", type(e).__name__)
 
     def _score(self, items: list[_Item]) -> None:
         # A request cancelled while it queued (its client went away: routers.predict) is

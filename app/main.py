@@ -25,6 +25,7 @@ from starlette.types import Message, Receive, Scope, Send
 from app.batching import Batcher
 from app.cache import PredictionCache
 from app.errors import ServiceError, empty_list_problem
+from app.memory import release_free_memory
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware, error_body
 from app.observability import Metrics, configure_logging, logger
 from app.registry import ModelRegistry
@@ -207,7 +208,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     cache = PredictionCache(settings.cache_entries)
     batcher = Batcher(partial(predict_each, cache=cache), settings.batch_patients,
                       settings.batch_delay_ms / 1000, answer=partial(answer_cached, cache=cache),
-                      threads=settings.inference_threads)
+                      threads=settings.inference_threads, after_bulk=release_free_memory)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app import batching
 from app.batching import Batcher, Outcome
 from app.errors import ModelFailure
 from app.main import create_app
@@ -313,3 +314,36 @@ def test_a_batch_whose_disconnect_watch_fails_is_still_answered(client: TestClie
     assert sent[0]["status"] == 200
     results = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["results"]
     assert [r["patient_id"] for r in results] == ["p0", "p1", "p2"]
+
+
+def test_a_thread_idle_after_bulk_scoring_gives_memory_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a bulk load has passed (a batch of max_patients or more, then nothing to do),
+    an inference thread calls after_bulk (app.memory.release_free_memory) once; small
+    requests never do, and a failing after_bulk leaves the thread serving."""
+    monkeypatch.setattr(batching, "IDLE_AFTER_BULK_S", 0.05)
+    calls: list[float] = []
+
+    def after_bulk() -> None:
+        calls.append(time.monotonic())
+        raise OSError("trim failed")
+
+    batcher = Batcher(lambda jobs: list(jobs), max_patients=4,  # type: ignore[arg-type]
+                      chunk_patients=4, after_bulk=after_bulk)
+
+    async def run() -> tuple[int, list[Outcome]]:
+        for job in ("a", "b", "c"):
+            await batcher.submit([job])  # type: ignore[list-item]
+        await asyncio.sleep(0.3)
+        after_small = len(calls)
+        await batcher.submit(list(range(12)))  # type: ignore[arg-type]
+        await asyncio.sleep(0.3)
+        return after_small, await batcher.submit(["d"])  # type: ignore[list-item]
+
+    try:
+        after_small, last = asyncio.run(run())
+    finally:
+        batcher.stop()
+    assert after_small == 0
+    assert len(calls) == 1
+    assert last == ["d"]
