@@ -25,9 +25,10 @@ patient whose own output is unusable fails alone (`predict_each`); if scoring a 
 batch raises, its requests are scored again one at a time so that the
 error stays with the request that caused it. Chunks of a request that was cancelled
 before a thread took them (a bulk client that went away) are skipped. A thread that has
-scored a batch of `max_patients` or more and then finds nothing to do for
-`IDLE_AFTER_BULK_S` calls `after_bulk` (app.memory.release_free_memory: what bulk scoring
-freed goes back to the system once the load has passed, never during it).
+scored a batch of `max_patients` or more, then finds nothing queued for
+`IDLE_AFTER_BULK_S` while no other thread scores, calls `after_bulk`
+(app.memory.release_free_memory: what bulk scoring freed goes back to the system once
+the load has passed, not during it).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class Batcher:
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._running: list[threading.Thread] = []
         self._lock = threading.Lock()
+        self._scoring = 0  # threads inside a batch (under _lock)
 
     def start(self) -> None:
         with self._lock:
@@ -138,16 +140,24 @@ class Batcher:
         while True:
             try:
                 first = self._queue.get(timeout=IDLE_AFTER_BULK_S) if bulk else self._queue.get()
-            except queue.Empty:  # idle after bulk scoring
-                bulk = False
-                self._after_bulk()
+            except queue.Empty:  # idle after bulk scoring: done unless another thread scores
+                with self._lock:
+                    bulk = self._scoring > 0
+                if not bulk:
+                    self._after_bulk()
                 continue
             if first is None:
                 return
             if first.future.done():  # cancelled while queued (its client went away)
                 continue
             items, stop = self._take(first)
-            self._score(items)
+            with self._lock:
+                self._scoring += 1
+            try:
+                self._score(items)
+            finally:
+                with self._lock:
+                    self._scoring -= 1
             if stop:
                 return
             bulk = bulk or (self.after_bulk is not None

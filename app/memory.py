@@ -6,9 +6,9 @@ left the server's resident size where the batch took it: 446-481 MiB at the end 
 `benchmarks.scoring` against 363 when ready, near the 500 MB the service is sized for.
 `malloc_trim(0)` hands every arena's free pages back (2-7 ms, the GIL let go); Dask's
 workers do the same. An inference thread calls it when it has had nothing to do for half a
-second after bulk scoring (app.batching): once the load has passed, never during it, and
-never for single-patient requests. Elsewhere than glibc (musl, macOS) there is nothing to
-call and nothing is done.
+second after bulk scoring and no other thread is scoring (app.batching): once the load
+has passed, not during it, and never for single-patient requests. Elsewhere than glibc
+(musl, macOS) there is nothing to call and nothing is done.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ def _malloc_trim() -> Callable[[int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        trim: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim  # releases the GIL
+        trim = ctypes.CDLL("libc.so.6").malloc_trim  # a CDLL call lets the GIL go
     except (OSError, AttributeError):  # not glibc
         return None
-    return trim
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int  # int malloc_trim(size_t)
+    return trim  # type: ignore[no-any-return]
 
 
 _TRIM = _malloc_trim()

@@ -215,7 +215,8 @@ class _Graphs:
 
     def __call__(self, x: Tensor, static: Tensor, step_mask: Tensor
                  ) -> tuple[Tensor, Tensor, Tensor]:
-        if self.aligned is not None and _starts_at_bin_0(step_mask):
+        if (self.aligned is not None and step_mask.dtype == torch.bool
+                and _starts_at_bin_0(step_mask)):  # (any other mask: as the module does)
             return self.aligned(x, static, step_mask)  # type: ignore[no-any-return]
         return self.general(x, static, step_mask)  # type: ignore[no-any-return]
 

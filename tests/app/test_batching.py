@@ -347,3 +347,36 @@ def test_a_thread_idle_after_bulk_scoring_gives_memory_back(
     assert after_small == 0
     assert len(calls) == 1
     assert last == ["d"]
+
+
+def test_memory_is_not_given_back_while_another_thread_scores(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two threads: one idle after bulk chunks while the other scores a long one waits for
+    it; after_bulk runs once both are done."""
+    monkeypatch.setattr(batching, "IDLE_AFTER_BULK_S", 0.05)
+    done: list[float] = []
+    calls: list[float] = []
+
+    def score(jobs: Sequence[Any]) -> list[Any]:
+        if jobs[0] == "slow":
+            time.sleep(0.5)
+            done.append(time.monotonic())
+        return list(jobs)
+
+    batcher = Batcher(score, max_patients=4, chunk_patients=4,  # type: ignore[arg-type]
+                      threads=2, after_bulk=lambda: calls.append(time.monotonic()))
+
+    async def run() -> None:
+        batcher.start()
+        await asyncio.sleep(0.05)  # both threads wait: one takes the slow chunk, one the rest
+        await asyncio.gather(batcher.submit(["slow", 1, 2, 3]),  # type: ignore[list-item]
+                             *(batcher.submit(list(range(4)))  # type: ignore[arg-type]
+                               for _ in range(4)))
+        await asyncio.sleep(0.3)
+
+    try:
+        asyncio.run(run())
+    finally:
+        batcher.stop()
+    assert done and calls
+    assert min(calls) >= done[0]
