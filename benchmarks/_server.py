@@ -112,12 +112,13 @@ class Server:
     base_url: str
     log_path: Path
 
-    def rss_mib(self) -> float:
-        """Resident memory of the server process (VmRSS from /proc/<pid>/status), MiB."""
+    def rss_mib(self, field: str = "VmRSS") -> float:
+        """Resident memory of the server process (VmRSS from /proc/<pid>/status; VmHWM:
+        its peak so far), MiB."""
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
-        raise RuntimeError("VmRSS not found")
+        raise RuntimeError(f"{field} not found")
 
 
 @contextmanager

@@ -35,8 +35,7 @@ whole cohort sent without a pause, as a bulk client sends it (the pipeline fills
 round, not once per few batches); the figure is the median of the rounds' ratios, printed
 with their range. The first raw figure, one pass over the cohort before anything else, is
 printed too, and beside each ratio the ratio to the traced graph the service runs
-(models/traced.py), timed the same way: a batch of stays all observed from bin 0 runs a
-graph without the span rolls, a little faster than the module.
+(models/traced.py), timed the same way.
 
 Prints patients/s for each and the ratios to the raw forward pass (target for the batch
 endpoint: >= 0.5). torch runs with `--threads` intra-op threads (the server's default, 1).
@@ -162,9 +161,9 @@ def main() -> None:
               f"ratio to raw {evaluation / raw:.2f}")
 
         # The service scores through a traced graph of the same forward pass (models/traced.py:
-        # the same outputs, no waits for the GIL between operators, no span rolls for a batch
-        # of stays all observed from bin 0). The baseline stays the module: the model's own
-        # forward pass.
+        # the same outputs, no waits for the GIL between operators; it rolls every batch's
+        # spans, the module only a batch with a stay first observed after bin 0). The
+        # baseline stays the module: the model's own forward pass.
         cfg = ckpt.config
         if trace_for_inference(model, ckpt.grid.n_steps, cfg.n_inputs, cfg.n_static):
             traced_s = forward(0, n, traced_forward(model))
@@ -247,7 +246,7 @@ def main() -> None:
                       f"({min(ratios):.2f}-{max(ratios):.2f}; to the {graph_name} "
                       f"{statistics.median(to_graph):.2f}) (target >= 0.5: "
                       f"{'PASS' if ratio >= 0.5 else 'FAIL'})")
-            print(f"server RSS {server.rss_mib():.0f} MiB")
+            print(f"server RSS {server.rss_mib():.0f} MiB (peak {server.rss_mib('VmHWM'):.0f} MiB)")
             for conn in opened:
                 conn.close()
         print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end")

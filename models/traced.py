@@ -14,13 +14,7 @@ the module's outputs (every bit of the risk logit, length of stay and attention)
 stays of several batch sizes and spans, after the executor's first optimising runs, and
 the tracer noted no value that the model's own code took from its inputs (a branch on the
 data, which the graph would take for every input); any other model (a forecaster, a model
-whose graph differs or cannot be traced) is scored by the module itself.
-
-The encoders roll each stay's span of observed bins to step 0 and back (two gathers,
-models/recurrent.py); the module skips them when no stay needs it, the usual batch (stays
-observed from admission), but a graph records one path for every input. So a second graph
-is recorded, checked the same way, for batches whose stays all start at bin 0 (or hold
-nothing), without the rolls: ~20 % of the default bi-LSTM's pass over 128 stays. torch.jit is
+whose graph differs or cannot be traced) is scored by the module itself. torch.jit is
 deprecated in favour of torch.compile and torch.export, whose CPU graphs either need a C++
 compiler at start-up or run their operators from Python; should a torch release drop it,
 tracing fails and the modules score as before. `traced_forward` gives the kept graph.
@@ -43,13 +37,12 @@ import torch.jit._state
 from torch import Tensor, nn
 from torch.jit._trace import TracerWarning
 
-from models.recurrent import ALIGNED_TRACE
-
 __all__ = ["Forward", "trace_for_inference", "traced_forward"]
 
 Forward = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 
-_GRAPHS: weakref.WeakKeyDictionary[nn.Module, _Graphs] = weakref.WeakKeyDictionary()
+_GRAPHS: weakref.WeakKeyDictionary[nn.Module, torch.jit.ScriptModule] = \
+    weakref.WeakKeyDictionary()
 log = logging.getLogger(__name__)
 _CHECK_RUNS = 3  # the profiling executor optimises a graph after its first runs
 _UNIT_SWAP = threading.Lock()  # one trace at a time points torch at its own unit
@@ -71,21 +64,18 @@ class _Outputs(nn.Module):
         return out.risk_logit, out.los, out.attention
 
 
-def _stays(n: int, n_steps: int, n_inputs: int, n_static: int, seed: int,
-           aligned: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+def _stays(n: int, n_steps: int, n_inputs: int, n_static: int, seed: int
+           ) -> tuple[Tensor, Tensor, Tensor]:
     """n made-up stays: random inputs and statics, each with a span of observed bins that
-    starts at bin 0 or later and ends at the last bin or earlier (some one bin long). With
-    `aligned`, every span starts at bin 0, and of several stays the last holds nothing."""
+    starts at bin 0 or later and ends at the last bin or earlier (some one bin long)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, n_steps, n_inputs, generator=g)
     static = torch.randn(n, n_static, generator=g)
     first = torch.randint(0, n_steps, (n,), generator=g)
-    first[: n if aligned else max(1, n // 3)] = 0  # whole-window stays too
+    first[: max(1, n // 3)] = 0  # whole-window stays too
     length = 1 + (torch.rand(n, generator=g) * (n_steps - first)).long()
     steps = torch.arange(n_steps)
     step_mask = (steps >= first[:, None]) & (steps < (first + length)[:, None])
-    if aligned and n > 1:
-        step_mask[-1] = False
     return x, static, step_mask
 
 
@@ -136,89 +126,37 @@ def _cached_jit_types() -> int:
     return sum(map(len, store.values())) + len(torch.jit._state._script_classes)
 
 
-def _checked_trace(wrapped: nn.Module, example: tuple[Tensor, ...],
-                   checks: list[tuple[Tensor, Tensor, Tensor]]) -> torch.jit.ScriptModule | None:
-    """`wrapped` traced on `example`, or None when the tracer noted a value the model took
-    from its inputs or the graph's outputs differ from the module's on any of `checks`."""
-    with torch.no_grad(), warnings.catch_warnings(record=True) as notes:
-        warnings.simplefilter("always")
-        graph = _trace_in_own_unit(wrapped, example)
-    if any(_baked_in(note) for note in notes):
-        return None
-    with torch.inference_mode():
-        for stays in checks:
-            want = wrapped(*stays)
-            for _ in range(_CHECK_RUNS):
-                if not _same(graph(*stays), want):
-                    return None
-    return graph
-
-
-_CHECKS = ((8, 1), (1, 2), (37, 3), (3, 4), (16, 5))  # (stays, seed) the graphs must match
-
-
 def trace_for_inference(model: nn.Module, n_steps: int, n_inputs: int, n_static: int) -> bool:
     """Trace `model` (eval mode, inputs (B, n_steps, n_inputs), statics (B, n_static)) and
     keep the graph for `traced_forward` when it gives exactly the module's outputs; whether
     it was kept. Blocking (torch); call before the model serves."""
     model.eval()
     wrapped = _Outputs(model).eval()
-    shape = (n_steps, n_inputs, n_static)
+    example = _stays(8, n_steps, n_inputs, n_static, seed=0)
     try:
-        example = _stays(8, *shape, seed=0)
         with torch.no_grad():
             if model(*example).forecast is not None:
                 return False  # a forecaster: its decoder is scored by the module
-        general = _checked_trace(wrapped, example,
-                                 [_stays(n, *shape, seed) for n, seed in _CHECKS])
+            with warnings.catch_warnings(record=True) as notes:
+                warnings.simplefilter("always")
+                graph = _trace_in_own_unit(wrapped, example)
+        if any(_baked_in(note) for note in notes):
+            return False
+        with torch.inference_mode():
+            for n, seed in ((8, 1), (1, 2), (37, 3), (3, 4), (16, 5)):
+                stays = _stays(n, n_steps, n_inputs, n_static, seed)
+                want = wrapped(*stays)
+                for _ in range(_CHECK_RUNS):
+                    if not _same(graph(*stays), want):
+                        return False
     except Exception as e:  # noqa: BLE001 - any failure to record or check: use the module
         # said, as it is slower beside other threads (the message may quote tensor values:
         # only its kind is logged)
         log.warning("%s scores without a traced graph: tracing failed (%s)",
                     type(model).__name__, type(e).__name__)
         return False
-    if general is None:
-        return False
-    _GRAPHS[model] = _Graphs(general, _aligned_graph(wrapped, shape))
+    _GRAPHS[model] = graph
     return True
-
-
-def _aligned_graph(wrapped: nn.Module, shape: tuple[int, int, int]
-                   ) -> torch.jit.ScriptModule | None:
-    """The graph for stays that all start at bin 0 (or hold nothing), recorded without the
-    rolls that align spans (models/recurrent.py), as the module skips them for such stays;
-    None if it cannot be recorded or differs from the module."""
-    token = ALIGNED_TRACE.set(True)
-    try:
-        return _checked_trace(wrapped, _stays(8, *shape, seed=0, aligned=True),
-                              [_stays(n, *shape, seed, aligned=True) for n, seed in _CHECKS])
-    except Exception as e:  # noqa: BLE001 - the general graph serves every batch instead
-        log.warning("%s scores without its graph for aligned stays: tracing failed (%s)",
-                    type(wrapped.model).__name__, type(e).__name__)
-        return None
-    finally:
-        ALIGNED_TRACE.reset(token)
-
-
-def _starts_at_bin_0(step_mask: Tensor) -> bool:
-    """Whether no stay's span needs rolling: each starts at bin 0 or holds nothing."""
-    return bool((step_mask[:, 0] | ~step_mask.any(dim=1)).all())
-
-
-class _Graphs:
-    """A model's kept graphs: `general` for any stays and `aligned` (None if not kept) for
-    batches whose stays all start at bin 0, whose pass skips the rolls as the module's does."""
-
-    def __init__(self, general: torch.jit.ScriptModule,
-                 aligned: torch.jit.ScriptModule | None) -> None:
-        self.general, self.aligned = general, aligned
-
-    def __call__(self, x: Tensor, static: Tensor, step_mask: Tensor
-                 ) -> tuple[Tensor, Tensor, Tensor]:
-        if (self.aligned is not None and step_mask.dtype == torch.bool
-                and _starts_at_bin_0(step_mask)):  # (any other mask: as the module does)
-            return self.aligned(x, static, step_mask)  # type: ignore[no-any-return]
-        return self.general(x, static, step_mask)  # type: ignore[no-any-return]
 
 
 def traced_forward(model: nn.Module) -> Forward | None:

@@ -6,7 +6,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from models.layers import ModelConfig
-from models.recurrent import TorchRNNEncoder, _valid, align_left, span_mask
+from models.recurrent import TorchRNNEncoder, _valid, align_left, span_mask, take_steps
 
 
 def packed_reference(enc: TorchRNNEncoder, x, static, step_mask):
@@ -39,3 +39,21 @@ def test_unpacked_bidirectional_matches_packed(rnn_cls, layers):
     got = enc(x, static, step_mask)
     want = packed_reference(enc, x, static, step_mask)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_steps_are_taken_as_gather_takes_them_values_and_gradients():
+    """The rolls and span reversals copy whole steps (`take_steps`, index_select): exactly
+    torch.gather's values and gradients, a clamped index repeated within a row included."""
+    torch.manual_seed(1)
+    B, T, D = 5, 9, 6
+    x = torch.randn(B, T, D, requires_grad=True)
+    length = torch.tensor([9, 4, 1, 7, 2])
+    idx = (length[:, None] - 1 - torch.arange(T)[None, :]).clamp(min=0)  # repeats index 0
+    idx[0] = torch.roll(torch.arange(T), 3)  # a roll
+    weights = torch.randn(B, T, D)
+    want = torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, D))
+    got = take_steps(x, idx)
+    assert torch.equal(got, want)
+    (want_grad,) = torch.autograd.grad((want * weights).sum(), x)
+    (got_grad,) = torch.autograd.grad((got * weights).sum(), x)
+    assert torch.equal(got_grad, want_grad)

@@ -150,31 +150,3 @@ def test_a_module_scripted_during_a_trace_outlives_the_graph(
     gc.collect()
     again = torch.jit.script(_Scripted())  # type: ignore[no-untyped-call]
     assert again(torch.ones(1, 3)).shape == (1, 3)
-
-
-@pytest.mark.parametrize(("arch", "bidirectional"), [v for v in variants() if v[0] != "seq2seq"])
-def test_stays_observed_from_admission_skip_the_rolls_and_score_as_the_module(
-        arch: str, bidirectional: bool) -> None:
-    """The usual batch (every stay observed from bin 0) runs a graph without the two gathers
-    that roll spans into place; a batch with one later start runs the general graph. Both
-    give the module's outputs exactly."""
-    model = _model(arch, bidirectional)
-    assert trace_for_inference(model, T, 3 * F, S)
-    graphs = traced._GRAPHS[model]
-    assert graphs.aligned is not None
-    gathers = [str(g.inlined_graph).count("aten::gather")  # type: ignore[attr-defined]
-               for g in (graphs.aligned, graphs.general)]
-    assert gathers[0] == gathers[1] - 2
-    x, static, step_mask = _stays(40, T, 3 * F, S, seed=20, aligned=True)
-    general, graphs.general = graphs.general, None  # type: ignore[assignment]
-    with torch.inference_mode():
-        graphs(x, static, step_mask)  # the usual batch does not touch the general graph
-    graphs.general = general
-    shifted = step_mask.clone()
-    shifted[3, :2] = False  # a stay first observed at bin 2
-    for mask in (step_mask, shifted):
-        with torch.inference_mode():
-            out = model(x, static, mask)
-            got = graphs(x, static, mask)
-        for want, have in zip((out.risk_logit, out.los, out.attention), got, strict=True):
-            assert torch.equal(want, have)
