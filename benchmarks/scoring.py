@@ -137,7 +137,7 @@ def main() -> None:
         def forward(start: int, stop: int, net: Any = None) -> float:
             """Seconds for the raw forward passes of patients start..stop, in batches, by
             the module (or `net`: the traced graph)."""
-            net = net or model
+            net = model if net is None else net
             t0 = time.perf_counter()
             with torch.inference_mode():
                 for i in range(start, stop, args.batch):
@@ -165,8 +165,12 @@ def main() -> None:
         # spans, the module only a batch with a stay first observed after bin 0). The
         # baseline stays the module: the model's own forward pass.
         cfg = ckpt.config
-        if trace_for_inference(model, ckpt.grid.n_steps, cfg.n_inputs, cfg.n_static):
-            traced_s = forward(0, n, traced_forward(model))
+        trace_for_inference(model, ckpt.grid.n_steps, cfg.n_inputs, cfg.n_static)
+        # (no graph: the service scores with the module, and so is it timed)
+        graph = traced_forward(model)
+        graph_name = "traced graph" if graph is not None else "module (no traced graph)"
+        if graph is not None:
+            traced_s = forward(0, n, graph)
             again_s = forward(0, n)
             print(f"traced graph alone:   {n / traced_s:9,.0f} patients/s  ({traced_s:.2f} s; the "
                   f"module again: {n / again_s:,.0f} patients/s)")
@@ -217,9 +221,6 @@ def main() -> None:
                 return count
 
             post(forms["rows"][0])  # warm-up
-            graph = traced_forward(model)
-            # (no graph: the service scores with the module, and so is it timed)
-            graph_name = "traced graph" if graph is not None else "module (no traced graph)"
             for (form, bodies), in_flight in itertools.product(forms.items(),
                                                               sorted({1, args.in_flight})):
                 print(f"observations as {form}, {in_flight} request(s) in flight "
