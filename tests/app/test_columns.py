@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app import plainbody
 from app.jsonbody import parse_json
 from app.main import create_app
 from app.plainbody import decode_plain_batch
@@ -157,7 +158,8 @@ JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2, 300), st.float
 COLUMN_EDITS = st.one_of(  # (list, index or None for the whole list, new value or "drop")
     st.tuples(st.sampled_from(["time", "variable", "value", "unit"]), st.none(),
               st.one_of(st.just("drop"), JSON_VALUES, st.lists(JSON_VALUES, max_size=3))),
-    st.tuples(st.sampled_from(["time", "variable", "value"]), st.integers(0, 5), JSON_VALUES))
+    st.tuples(st.sampled_from(["time", "variable", "value"]), st.integers(0, 5),
+              JSON_VALUES | st.lists(JSON_VALUES, max_size=2)))  # an entry, or a nested list
 
 
 @settings(max_examples=200, deadline=None)
@@ -192,6 +194,92 @@ def test_columns_it_cannot_vouch_for_go_to_the_general_path(edit: tuple[str, str
     text = json.dumps({"patients": [as_columns(request_body())]})
     assert edit[0] in text
     assert decode_plain_batch(text.replace(edit[0], edit[1], 1).encode()) is None
+
+
+def _column_batch() -> str:
+    return json.dumps({"patients": [as_columns(request_body()), as_columns(
+        request_body(patient_id="b", static={"age": 50}))]})
+
+
+@pytest.mark.parametrize("edit", [
+    # a list nested in a list of numbers: simdjson's buffer would flatten it into the list
+    ('"time": [0.5, 0.5', '"time": [[0.5], 0.5'),
+    ('"value": [118, 24', '"value": [118, [24]'),
+    ('"value": [118, 24', '"value": [[118, 24]'),
+    ('"variable": ["heart_rate"', '"variable": [["heart_rate"]'),
+    ('"variable": ["heart_rate"', '"variable": [7'),
+    ('"variable": ["heart_rate"', '"variable": [null'),
+    ('"static": {"age": 71', '"static": {"age": 71, "age": 71'),  # repeated keys
+    ('"static": {"age": 71', '"static": {"age": 71}, "static": {"age": 71'),
+    ('"time": [0.5', '"time": [1], "time": [0.5'),
+    ('"observations": {"time"', '"observations": {}, "observations": {"time"'),
+    ('"static": {"age": 71', '"static": {"age": true'),
+    ('"static": {"age": 71', '"static": {"age": [71]'),
+    ('"static": {"age": 71', '"static": {"age": "71"'),
+    ('"sex": "female"', '"sex": 1'),
+    ('"sex": "female"', '"sex": ["female"]'),
+    ('"static": {"age": 71', '"static": {"bmi": 20, "age": 71'),
+    ('"patient_id": "b"', '"patient_id": ["b"]'),
+    ('"patient_id": "b"', '"patient_id": {"id": "b"}'),
+    ('"patient_id": "b"', '"model": 1, "patient_id": "b"'),
+    ('{"patients": [', '{"other": 1, "patients": ['),
+    ('{"patients": [', '{"patients": 1, "x": ['),
+    ('{"patient_id": "b"', '7, {"patient_id": "b"'),
+    ('"time": [0.5, 0.5', '"time": [0.5, 0.5e999'),  # too large for a double
+    ('"time": [0.5, 0.5', '"time": [0.5, NaN'),
+])
+def test_column_batches_it_cannot_vouch_for_go_to_the_general_path(
+        edit: tuple[str, str]) -> None:
+    text = _column_batch()
+    assert edit[0] in text
+    assert decode_plain_batch(text.replace(edit[0], edit[1], 1).encode()) is None
+
+
+@pytest.mark.parametrize("edit", [
+    ('"patient_id": "b"', '"patient_id": "b[1]"'),  # brackets in strings are not lists
+    ('"patient_id": "b"', '"patient_id": "[[b"'),
+    ('"sex": "female"', '"sex": "[female]"'),
+    ('"patient_id": "b"', '"model": "[x]", "patient_id": "b"'),
+    ('"patient_id": "b"', '"model": null, "patient_id": "b"'),
+    ('"static": {"age": 50}', '"static": null'),
+    ('"static": {"age": 71', '"static": {"age": 71.5, "weight": null, "height": 180'),
+    ('"value": [118', '"value": [1.18E2'),
+    ('"time": [0.5', '"time": [-0.0'),
+    (", ", ",\r\n\t "),  # pretty-printed
+    ('{"patients"', '\ufeff{"patients"'),  # a byte-order mark
+])
+def test_column_batches_it_takes_validate_as_on_the_general_path(
+        edit: tuple[str, str]) -> None:
+    text = _column_batch()
+    assert edit[0] in text
+    body = text.replace(edit[0], edit[1]).encode()
+    fast = decode_plain_batch(body)
+    assert fast is not None
+    assert _validated(fast) == _validated(parse_json(body))
+
+
+def test_the_column_reader_recovers_a_parser_left_in_use() -> None:
+    """A document of the shared parser still referenced (a proxy that outlived its call)
+    makes the parser refuse the next body; the reader takes a fresh parser instead of
+    sending every later batch down the general path."""
+    body = _column_batch().encode()
+    expected = _validated(decode_plain_batch(body))
+    left = plainbody._parsers[0].parse(b'{"a": [1]}')
+    fast = decode_plain_batch(body)
+    assert fast is not None
+    assert _validated(fast) == expected
+    del left
+
+
+def test_a_large_column_batch_is_read_by_a_parser_of_its_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    body = _column_batch().encode()
+    shared = plainbody._parsers[0]
+    monkeypatch.setattr(plainbody, "_SHARED_PARSER_BYTES", len(body) - 1)
+    fast = decode_plain_batch(body)
+    assert fast is not None
+    assert _validated(fast) == _validated(parse_json(body))
+    assert plainbody._parsers[0] is shared
 
 
 def test_the_openapi_schema_shows_both_forms(client: TestClient) -> None:
