@@ -37,7 +37,7 @@ as orjson's do, bit for bit (tests/app/test_plainbody.py and test_columns.py com
 from __future__ import annotations
 
 import re
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from itertools import pairwise
 from typing import Any, TypeGuard
@@ -210,13 +210,16 @@ def _batch(observations: list[ObservationRows], ids: list[Any], models: list[Any
 
 
 # The column form (module docstring): simdjson parses the body in one pass (~2 ms for a
-# 256-patient batch), and the walk reads it patient by patient. One parser serves every
-# call (its buffers reused, ~3.5 bytes per body byte), behind a lock: the walk holds the
-# GIL throughout, so calls gain nothing running side by side. A body over
+# 256-patient batch), and the walk reads it patient by patient, holding the GIL. One
+# thread reads every column-form body: the walk gains nothing from running beside
+# another, the parser it reuses (its buffers sized by the largest body read, ~3.5 bytes
+# per body byte) is only ever touched there, and what the walk allocates comes from that
+# thread's allocator arena alone (read in the event loop's pool threads, each of which
+# grows an arena of its own, the server held ~15 MiB more after bulk scoring). A body over
 # _SHARED_PARSER_BYTES gets a parser of its own, freed after it, so that one large batch
 # does not leave a large parser behind.
-_PARSER_LOCK = threading.Lock()
-_parsers = [simdjson.Parser()]  # the shared one (replaced if it is ever left in use)
+_COLUMN_READER = ThreadPoolExecutor(1, thread_name_prefix="vitalcast-columns")
+_parsers = [simdjson.Parser()]  # the reader thread's (replaced if it is ever left in use)
 _SHARED_PARSER_BYTES = 4 << 20
 _PATIENT_KEYS = frozenset(("patient_id", "model", "static", "observations"))
 _STATIC_KEYS = frozenset(("age", "sex", "weight", "height"))
@@ -225,17 +228,21 @@ _QUOTE = ord('"')
 
 
 def _decode_columns(body: bytes) -> dict[str, Any] | None:
-    """A batch whose first patient sends the column form (every patient must)."""
+    """A batch whose first patient sends the column form (every patient must), read in
+    the reader thread."""
+    return _COLUMN_READER.submit(_read_columns, body).result()
+
+
+def _read_columns(body: bytes) -> dict[str, Any] | None:
     try:
         if len(body) > _SHARED_PARSER_BYTES:
             return _walk(simdjson.Parser().parse(body), body)
-        with _PARSER_LOCK:  # the document's proxies end with _walk, before the next parse
-            try:
-                document = _parsers[0].parse(body)
-            except RuntimeError:  # malformed (some errors), or the parser still in use
-                _parsers[0] = simdjson.Parser()  # (a proxy that outlived its call)
-                document = _parsers[0].parse(body)
-            return _walk(document, body)
+        try:
+            document = _parsers[0].parse(body)
+        except RuntimeError:  # malformed (some errors), or the parser still in use (a
+            _parsers[0] = simdjson.Parser()  # proxy of an earlier body that outlived it)
+            document = _parsers[0].parse(body)
+        return _walk(document, body)  # its proxies end with it, before the next parse
     except (ValueError, TypeError, RuntimeError):  # not JSON or not UTF-8 (ValueError or
         return None  # RuntimeError by the error), a value of another JSON type (TypeError)
 
