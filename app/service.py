@@ -149,18 +149,11 @@ def _reads(features: tuple[str, ...]) -> np.ndarray:
     return reads
 
 
-@lru_cache(maxsize=64)
-def _unread(features: tuple[str, ...]) -> frozenset[str]:
-    """The measurements a model with these features does not read (one set per model)."""
-    return frozenset(name for name, var in CATALOGUE.items()
-                     if var.kind == "measurement" and name not in features)
-
-
 def _with_warnings(jobs: list[Job]) -> list[Job]:
     """The jobs with their warnings: atypical values (the first message of a variable and
     how many more), variables the model does not use, a series longer than its window.
-    The row checks run once over all the jobs' rows; the rare rows they flag are worded
-    one by one."""
+    Each check runs once over all the jobs' rows (or statics); the rare rows and patients
+    they flag are worded one by one."""
     if not jobs:
         return jobs
     lengths = [len(job.code) for job in jobs]
@@ -186,42 +179,86 @@ def _with_warnings(jobs: list[Job]) -> list[Job]:
             _, message = check_value(name, value)
             if message is not None:
                 atypical[patient][name] = (message, n_flagged)
-    # The latest hour of a variable each job's model uses: the window ends in its bin.
+    _atypical_statics(jobs, atypical)
+    # Rows of variables each job's model reads, of measurements it does not.
     models = {id(job.ckpt): job.ckpt for job in jobs}  # a batch has one or a few
     reads = np.stack([_reads(ckpt.normalizer.features) for ckpt in models.values()])
     model_of = {key: i for i, key in enumerate(models)}
-    used = reads[np.repeat([model_of[id(job.ckpt)] for job in jobs], lengths), row_ids]
+    job_model = np.array([model_of[id(job.ckpt)] for job in jobs])
+    used = reads[np.repeat(job_model, lengths), row_ids]
+    unused = _names_by_patient(np.flatnonzero(~used & _MEASUREMENT[row_ids]), starts,
+                               row_ids)
+    # The latest hour of a variable each job's model uses: the window ends in its bin.
     latest = np.maximum.reduceat(np.where(used, hours, -np.inf), starts)
+    grids = [(ckpt.grid.step_hours, ckpt.grid.n_steps) for ckpt in models.values()]
+    step, n_steps = (np.array(column)[job_model] for column in zip(*grids, strict=True))
+    beyond = set(np.flatnonzero(np.floor(latest / step) + 1 > n_steps).tolist())
     return [Job(job.request, job.ckpt, job.timebase, job.hours, job.values, job.names,
-                job.code, tuple(_job_warnings(job, found, last_hour)), job.what_if,
-                job.explain, row_ids[start:start + n])
-            for job, found, last_hour, start, n
-            in zip(jobs, atypical, latest.tolist(), starts.tolist(), lengths, strict=True)]
+                job.code, _job_warnings(job, found, unused.get(i),
+                                        last_hour if i in beyond else None),
+                job.what_if, job.explain, row_ids[start:start + n])
+            for i, (job, found, last_hour, start, n)
+            in enumerate(zip(jobs, atypical, latest.tolist(), starts.tolist(), lengths,
+                             strict=True))]
 
 
-def _job_warnings(job: Job, atypical: dict[str, tuple[str, int]], last_hour: float
-                  ) -> list[str]:
-    request, ckpt = job.request, job.ckpt
-    if request.static is not None:
-        for name, value in request.static.numeric().items():
-            if isinstance(value, float) and not _TYPICAL_STATIC[name][0] <= value <= \
-                    _TYPICAL_STATIC[name][1]:
-                _, message = check_value(name, value)
-                if message is not None:
-                    atypical[name] = (message, 1)
+# Whether each catalogue variable (by its number) is a measurement: the variables a model
+# may not read, and then says it ignores.
+_MEASUREMENT = np.array([var.kind == "measurement" for var in CATALOGUE.values()], dtype=bool)
+_NUMERIC_STATICS = [name for name in _TYPICAL_STATIC if name != "sex"]  # (sex: a code)
+
+
+def _atypical_statics(jobs: Sequence[Job], atypical: list[dict[str, tuple[str, int]]]
+                      ) -> None:
+    """Adds to each job's atypical values its statics outside their typical range (after
+    its rows', in the statics' order), checked a static at a time over all the jobs."""
+    statics = [job.request.static for job in jobs]
+    outside: list[tuple[int, int, float]] = []  # (patient, static, value)
+    for k, name in enumerate(_NUMERIC_STATICS):
+        given = np.array([math.nan if s is None or getattr(s, name) is None
+                          else getattr(s, name) for s in statics], dtype=np.float64)
+        low, high = _TYPICAL_STATIC[name]
+        for patient in np.flatnonzero((given < low) | (given > high)).tolist():
+            outside.append((patient, k, float(given[patient])))
+    for patient, k, value in sorted(outside):
+        name = _NUMERIC_STATICS[k]
+        _, message = check_value(name, value)
+        if message is not None:
+            atypical[patient][name] = (message, 1)
+
+
+def _names_by_patient(rows: np.ndarray, starts: np.ndarray, row_ids: np.ndarray
+                      ) -> dict[int, list[str]]:
+    """The distinct variable names of `rows` (of all the jobs' rows) by job, sorted."""
+    if not rows.size:
+        return {}
+    patient_of = np.searchsorted(starts, rows, side="right") - 1
+    cells = np.unique(patient_of * len(_NAMES) + row_ids[rows]).tolist()
+    out: dict[int, list[str]] = {}
+    for cell in cells:
+        out.setdefault(cell // len(_NAMES), []).append(_NAMES[cell % len(_NAMES)])
+    return {patient: sorted(names) for patient, names in out.items()}
+
+
+def _job_warnings(job: Job, atypical: dict[str, tuple[str, int]], unused: list[str] | None,
+                  beyond_hour: float | None) -> tuple[str, ...]:
+    """A job's warnings from what the batch-wide checks found about it: its atypical
+    values, the measurements its model does not use, and the latest hour it uses when
+    that lies beyond the model's window."""
+    if not atypical and unused is None and beyond_hour is None:
+        return ()
+    ckpt = job.ckpt
     out = [first if count == 1 else f"{first} (and {count - 1} more such values)"
            for first, count in atypical.values()]
-    unread = _unread(ckpt.normalizer.features)
-    unused = sorted(name for name in job.names if name in unread)
-    if unused:
+    if unused is not None:
         out.append(f"model {ckpt.name!r} does not use: {', '.join(unused)} (ignored)")
-    step, n_steps = ckpt.grid.step_hours, ckpt.grid.n_steps
-    last_bin = int(math.floor(last_hour / step))
-    if last_bin + 1 > n_steps:
+    if beyond_hour is not None:
+        step, n_steps = ckpt.grid.step_hours, ckpt.grid.n_steps
+        last_bin = int(math.floor(beyond_hour / step))
         seen_from = (last_bin + 1 - n_steps) * step
         out.append(f"the series spans more than the model's {n_steps * step:g} h window: "
                    f"only hours {seen_from:g}-{(last_bin + 1) * step:g} were scored")
-    return out
+    return tuple(out)
 
 
 # NEWS2 parameter of each catalogue variable by its number (-1: none).

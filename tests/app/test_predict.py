@@ -137,6 +137,39 @@ def test_a_value_that_looks_sent_in_another_unit_is_scored_with_the_conversion_n
             "270.2 mg/dL)") in out["warnings"]
 
 
+def test_each_patient_of_a_batch_gets_its_own_warnings_in_order(client: TestClient) -> None:
+    """Warnings are found over the whole batch at once and worded per patient: its
+    atypical rows (request order), then its atypical statics (age, weight, height), the
+    variables its model ignores (sorted), and a series longer than the window."""
+    rows = request_body()["observations"]
+    flagged = request_body(patient_id="flagged", static={"height": 120, "age": 110,
+                                                         "weight": 30}, observations=[
+        *rows,  # type: ignore[list-item]
+        {"time": 60.5, "variable": "troponin_t", "value": 0.01},
+        {"time": 60.5, "variable": "heart_rate", "value": 195},
+        {"time": 61.0, "variable": "albumin", "value": 3.0},
+        {"time": 61.0, "variable": "glucose", "value": 15}])
+    plain = request_body(patient_id="plain")
+    statics = request_body(patient_id="statics", static={"weight": 250})
+    r = client.post("/v1/predict/batch", json={"patients": [plain, flagged, statics]},
+                    headers=USER)
+    assert r.status_code == 200, r.text
+    warnings = [result["warnings"] for result in r.json()["results"]]
+    assert warnings[0] == []
+    assert warnings[1] == [
+        "heart_rate 195 /min is outside the typical range 40-180",
+        "glucose 15 mg/dL is outside the typical range 60-350 (in mmol/L it would be "
+        "270.2 mg/dL)",
+        "age 110 years is outside the typical range 18-100",
+        "weight 30 kg is outside the typical range 35-200",
+        "height 120 cm is outside the typical range 140-210",
+        "model 'default' does not use: albumin, troponin_t (ignored)",
+        "the series spans more than the model's 48 h window: only hours 14-62 were scored"]
+    assert warnings[2] == ["weight 250 kg is outside the typical range 35-200 (in lb it would "
+                           "be 113.4 kg)"]
+    assert predict(client, flagged)["warnings"] == warnings[1]  # alone, the same
+
+
 def test_intervention_rows_are_accepted(client: TestClient) -> None:
     body = request_body()
     body["observations"] = [*body["observations"],  # type: ignore[misc]
