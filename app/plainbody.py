@@ -49,12 +49,14 @@ import pyarrow.json as pj
 import simdjson
 
 from app.schemas import POSSIBLE, STATES, ObservationRows, plain_values
+from models.catalogue import CATALOGUE
 
 __all__ = ["decode_plain_batch"]
 
 _NAMES = list(POSSIBLE)  # every variable an observation may name: measurements, interventions
 _BOUNDS = np.array([POSSIBLE[name] for name in _NAMES], dtype=np.float64)
 _STATE = np.array([name in STATES for name in _NAMES], dtype=bool)  # value 0 or 1 only
+_CATALOGUE_NUMBER = np.array([list(CATALOGUE).index(name) for name in _NAMES], dtype=np.int64)
 
 _STATIC = pa.struct([("age", pa.float64()), ("sex", pa.string()), ("weight", pa.float64()),
                      ("height", pa.float64())])
@@ -432,7 +434,8 @@ def _rows(code: np.ndarray, hours: np.ndarray, values: np.ndarray, counts: np.nd
     bounds = np.cumsum(np.r_[0, counts]).tolist()
     name_bounds = np.cumsum(np.r_[0, sizes]).tolist()
     all_names = [_NAMES[c] for c in own_codes.tolist()]
+    catalogue = _CATALOGUE_NUMBER[code]
     return [ObservationRows(all_names[a:b], own[start:end], values[start:end],
-                            hours[start:end])
+                            hours[start:end], catalogue=catalogue[start:end])
             for (start, end), (a, b) in zip(pairwise(bounds), pairwise(name_bounds),
                                             strict=True)]

@@ -185,16 +185,20 @@ class ObservationRows(Sequence[Observation]):
     by one as before (`of_rows`), which names the row and the problem.
     """
 
-    __slots__ = ("_rows", "code", "hours", "names", "values")
+    __slots__ = ("_rows", "catalogue", "code", "hours", "names", "values")
     __hash__ = None  # type: ignore[assignment]  # compares by content, like the list it stands for
 
     def __init__(self, names: list[str], code: np.ndarray, values: np.ndarray,
-                 hours: np.ndarray | None, rows: list[Observation] | None = None) -> None:
+                 hours: np.ndarray | None, rows: list[Observation] | None = None,
+                 catalogue: np.ndarray | None = None) -> None:
         self.names = names  # the distinct variables, in order of first appearance
         self.code = code  # (n,) int64: position of each row's variable in `names`
         self.values = values  # (n,) float64, request order
         self.hours = hours  # (n,) float64 when every time is hours; None with date-times
         self._rows = rows
+        # (n,) int64: position of each row's variable in the catalogue (CATALOGUE's order),
+        # where the decoder had it (app.plainbody); scoring looks it up otherwise
+        self.catalogue = catalogue
 
     @classmethod
     def of_rows(cls, rows: list[Observation]) -> ObservationRows:

@@ -116,7 +116,7 @@ def _checked(request: PredictRequest, ckpt: Checkpoint, max_observations: int,
     question = prepare_what_if(request.what_if, ckpt, hours, timebase) \
         if request.what_if else None
     return Job(request, ckpt, timebase, hours, observations.values, names, observations.code,
-               (), question, explain)
+               (), question, explain, observations.catalogue)
 
 
 # Catalogue tables by a fixed number per name (also the cache key's, below).
