@@ -54,7 +54,8 @@ from models.catalogue import CATALOGUE
 __all__ = ["decode_plain_batch"]
 
 _NAMES = list(POSSIBLE)  # every variable an observation may name: measurements, interventions
-_BOUNDS = np.array([POSSIBLE[name] for name in _NAMES], dtype=np.float64)
+_LOW, _HIGH = (np.ascontiguousarray(bound) for bound in
+               np.array([POSSIBLE[name] for name in _NAMES], dtype=np.float64).T)
 _STATE = np.array([name in STATES for name in _NAMES], dtype=bool)  # value 0 or 1 only
 _CATALOGUE_NUMBER = np.array([list(CATALOGUE).index(name) for name in _NAMES], dtype=np.int64)
 
@@ -412,7 +413,7 @@ def _rows(code: np.ndarray, hours: np.ndarray, values: np.ndarray, counts: np.nd
 
     The checks of `schemas._plain_columns` (the decoder has checked the types), once over
     the whole batch; each patient's distinct names in order of first appearance."""
-    if not plain_values(hours, values, _BOUNDS[code], _STATE[code]):
+    if not plain_values(hours, values, _LOW[code], _HIGH[code], _STATE[code]):
         return None  # out of range, impossible, or NaN/Infinity (every comparison fails)
     n_patients, n_names = len(counts), len(_NAMES)
     patient = np.repeat(np.arange(n_patients), counts)
@@ -430,7 +431,7 @@ def _rows(code: np.ndarray, hours: np.ndarray, values: np.ndarray, counts: np.nd
     position = np.zeros((n_patients, n_names), dtype=np.int64)
     position[keys // n_names, own_codes] = np.arange(len(keys)) - np.repeat(
         np.cumsum(sizes) - sizes, sizes)
-    own = position[patient, code]
+    own = position.reshape(-1)[key]  # position[patient, code]
     bounds = np.cumsum(np.r_[0, counts]).tolist()
     name_bounds = np.cumsum(np.r_[0, sizes]).tolist()
     all_names = [_NAMES[c] for c in own_codes.tolist()]

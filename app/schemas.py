@@ -329,14 +329,15 @@ def _plain_columns(rows: object) -> ObservationRows | None:
     return _plain_lists(times, variables, values)
 
 
-def plain_values(hours: np.ndarray, values: np.ndarray, bounds: np.ndarray,
+def plain_values(hours: np.ndarray, values: np.ndarray, low: np.ndarray, high: np.ndarray,
                  state: np.ndarray) -> bool:
     """Whether every row's time is in range and its value possible for its variable
-    (`bounds` (n, 2), the catalogue's possible range; `state` (n,), a 0/1 variable): the
+    (`low`, `high` (n,), the catalogue's possible range; `state` (n,), a 0/1 variable): the
     row checks of the fast paths, which otherwise leave the rows to the validators. NaN
-    fails every comparison, so it is not plain either."""
-    return bool(((hours >= 0) & (hours <= MAX_HOURS) & (values >= bounds[:, 0])
-                 & (values <= bounds[:, 1]) & (~state | (values == 0) | (values == 1))).all())
+    fails every comparison, so it is not plain either. (Each row's bounds come as two
+    arrays: numpy gathers rows of an (n, 2) table several times slower.)"""
+    return bool(((hours >= 0) & (hours <= MAX_HOURS) & (values >= low) & (values <= high)
+                 & (~state | (values == 0) | (values == 1))).all())
 
 
 def _plain_lists(times: list[Any], variables: list[Any], values: list[Any]
@@ -356,9 +357,9 @@ def _plain_lists(times: list[Any], variables: list[Any], values: list[Any]
         numbers = np.fromiter(values, np.float64, len(values))
     except OverflowError:  # an integer beyond float: the validators refuse it
         return None
-    bounds = np.array([POSSIBLE[name] for name in names], dtype=np.float64)[code]
+    low, high = np.array([POSSIBLE[name] for name in names], dtype=np.float64).T
     state = np.array([name in STATES for name in names], dtype=bool)[code]
-    if not plain_values(hours, numbers, bounds, state):
+    if not plain_values(hours, numbers, low[code], high[code], state):
         return None
     return ObservationRows(names, code, numbers, hours)
 
