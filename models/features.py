@@ -301,9 +301,13 @@ def tensorise_codes(
     feat_code = np.array([feature_index.get(v, -1) for v in names], dtype=np.int64)[variable]
     int_code = np.array([intervention_index.get(v, -1) for v in names],
                         dtype=np.int64)[variable]
-    static_raw = np.array([[_static_value(name, s.get(name)) for name in
-                            normalizer.static_features] for s in statics],
-                          dtype=np.float64).reshape(n, len(normalizer.static_features))
+    static_raw = np.zeros((n, len(normalizer.static_features)))
+    for j, name in enumerate(normalizer.static_features):  # a column at a time
+        given = [s.get(name) for s in statics]
+        if all(type(v) is float or v is None for v in given):  # as a service request has them
+            static_raw[:, j] = [math.nan if v is None else v for v in given]
+        else:
+            static_raw[:, j] = [_static_value(name, v) for v in given]
     return _on_grid([str(i) for i in range(n)], np.asarray(patient, dtype=np.int64),
                     np.asarray(time_hours, dtype=np.float64), feat_code, int_code,
                     np.asarray(value, dtype=np.float64), static_raw, normalizer, grid,
