@@ -184,8 +184,10 @@ def check_value(name: str, value: float) -> tuple[bool, str | None]:
     """
     var = get(name)
     lo, hi = var.possible
-    unit = var.shown_unit
     tlo, thi = var.typical
+    if tlo <= value <= thi and lo <= value <= hi and var.mode != "state":
+        return True, None  # typical (the usual value): nothing to word
+    unit = var.shown_unit
     if not lo <= value <= hi:
         if not unit:  # a code (sex, a ventilation state): no other unit to suspect
             return False, f"{name} {_fmt(value)} is impossible: expected {_fmt(lo)}-{_fmt(hi)}"
