@@ -130,14 +130,13 @@ def check_json_content_type(content_type: str | None) -> None:
 
 FastBody = Callable[[bytes], Any | None]
 # A fast decoder (app.plainbody) parses bodies larger than this in a worker thread: the
-# event loop goes on receiving and answering other requests, and Arrow parses without the
-# GIL, beside the inference threads' forward passes.
-_OFF_LOOP_BYTES = 64 * 1024
-# A fast decoder's body over _OFF_LOOP_BYTES is decoded in one of two threads of its own
-# (2 cores: more decodes at once gain nothing), not asyncio's default pool of up to
-# cpu + 4 threads: each thread that ran Arrow's reader keeps an allocator heap of its own
+# event loop goes on receiving and answering other requests, and Arrow parses rows without
+# the GIL, beside the inference threads' forward passes. The workers are two threads of
+# their own (2 cores: more decodes at once gain nothing), not asyncio's default pool of up
+# to cpu + 4 threads: each thread that ran Arrow's reader keeps a malloc arena of its own
 # (~15 MiB after a 256-patient batch of rows), and fewer threads keep the peak under bulk
 # load lower (rows, 3 in flight: 464-468 against 476 MiB, the same throughput).
+_OFF_LOOP_BYTES = 64 * 1024
 _DECODERS = ThreadPoolExecutor(2, thread_name_prefix="vitalcast-decode")
 
 
