@@ -62,8 +62,6 @@ _CATALOGUE_NUMBER = np.array([list(CATALOGUE).index(name) for name in _NAMES], d
 _STATIC = pa.struct([("age", pa.float64()), ("sex", pa.string()), ("weight", pa.float64()),
                      ("height", pa.float64())])
 _ROW = pa.struct([("time", pa.float64()), ("variable", pa.string()), ("value", pa.float64())])
-_COLUMNS = pa.struct([("time", pa.list_(pa.float64())), ("variable", pa.list_(pa.string())),
-                      ("value", pa.list_(pa.float64()))])
 
 
 # Arrow arrays are built and read here from their buffers: pyarrow's conversions
@@ -109,7 +107,7 @@ def _options(observations: pa.DataType) -> pj.ParseOptions:
                            unexpected_field_behavior="error", newlines_in_values=True)
 
 
-_ROWS_FORM, _COLUMNS_FORM = _options(pa.list_(_ROW)), _options(_COLUMNS)
+_ROWS_FORM = _options(pa.list_(_ROW))
 # The first patient's observations: "[" rows, "{" the column form.
 _FIRST_FORM = re.compile(rb'"observations"\s*:\s*([\[{])')
 # Bytes after "-0" that continue a number: any other byte (or none) ends a number written
@@ -214,16 +212,18 @@ def _batch(observations: list[ObservationRows], ids: list[Any], models: list[Any
 
 # The column form (module docstring): simdjson parses the body in one pass (~2 ms for a
 # 256-patient batch), and the walk reads it patient by patient, holding the GIL. One
-# thread reads every column-form body: the walk gains nothing from running beside
-# another, the parser it reuses (its buffers sized by the largest body read, ~3.5 bytes
-# per body byte) is only ever touched there, and what the walk allocates comes from that
-# thread's allocator arena alone (read in the event loop's pool threads, each of which
-# grows an arena of its own, the server held ~15 MiB more after bulk scoring). A body over
-# _SHARED_PARSER_BYTES gets a parser of its own, freed after it, so that one large batch
-# does not leave a large parser behind.
+# thread reads every column-form body over _SMALL_BODY_BYTES: the walk gains nothing from
+# running beside another, the parser it reuses (its buffers sized by the largest body
+# read, ~3.5 bytes per body byte) is only ever touched there, and what the walk allocates
+# comes from that thread's malloc arena alone (read in the event loop's pool threads, each
+# of which grows an arena of its own, the server held ~15 MiB more after bulk scoring).
+# A body over _SHARED_PARSER_BYTES gets a parser of its own, freed after it, so that one
+# large batch does not leave a large parser behind; a small one (a few patients, which
+# the event loop decodes itself) is read where it is, with a parser of its own.
 _COLUMN_READER = ThreadPoolExecutor(1, thread_name_prefix="vitalcast-columns")
 _parsers = [simdjson.Parser()]  # the reader thread's (replaced if it is ever left in use)
 _SHARED_PARSER_BYTES = 4 << 20
+_SMALL_BODY_BYTES = 64 << 10  # (app.jsonbody decodes bodies up to this on the event loop)
 _PATIENT_KEYS = frozenset(("patient_id", "model", "static", "observations"))
 _STATIC_KEYS = frozenset(("age", "sex", "weight", "height"))
 _COLUMN_KEYS = frozenset(("time", "variable", "value"))
@@ -231,19 +231,29 @@ _QUOTE = ord('"')
 
 
 def _decode_columns(body: bytes) -> dict[str, Any] | None:
-    """A batch whose first patient sends the column form (every patient must), read in
-    the reader thread."""
+    """A batch whose first patient sends the column form (every patient must): read in
+    the reader thread, or, for a small body (a few patients, which the event loop decodes
+    itself), right here with a parser of its own, so that it never waits behind a large
+    body the reader thread is reading."""
+    if len(body) <= _SMALL_BODY_BYTES:
+        return _read_columns(body, simdjson.Parser())
     return _COLUMN_READER.submit(_read_columns, body).result()
 
 
-def _read_columns(body: bytes) -> dict[str, Any] | None:
+def _read_columns(body: bytes, parser: simdjson.Parser | None = None) -> dict[str, Any] | None:
+    """The batch, read with `parser`, else (in the reader thread) the shared parser, or a
+    parser of its own for a body over _SHARED_PARSER_BYTES."""
     try:
-        if len(body) > _SHARED_PARSER_BYTES:
-            return _walk(simdjson.Parser().parse(body), body)
+        if parser is None and len(body) > _SHARED_PARSER_BYTES:
+            parser = simdjson.Parser()
+        if parser is not None:
+            return _walk(parser.parse(body), body)
         try:
             document = _parsers[0].parse(body)
-        except RuntimeError:  # malformed (some errors), or the parser still in use (a
-            _parsers[0] = simdjson.Parser()  # proxy of an earlier body that outlived it)
+        except RuntimeError as e:  # nesting too deep, or the parser still in use (a proxy
+            if "re-use a parser" not in str(e):  # of an earlier body outlived its call)
+                raise
+            _parsers[0] = simdjson.Parser()
             document = _parsers[0].parse(body)
         return _walk(document, body)  # its proxies end with it, before the next parse
     except (ValueError, TypeError, RuntimeError):  # not JSON or not UTF-8 (ValueError or

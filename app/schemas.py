@@ -286,7 +286,10 @@ class ObservationRows(Sequence[Observation]):
         """The column form (`ObservationColumns`): checked as its rows would be, so that
         errors and answers are the list form's (a bad row is named by its index)."""
         missing = [name for name in _COLUMNS if name not in columns]
-        unknown = sorted(str(name) for name in columns if name not in _COLUMNS)
+        # (a lone surrogate in a key, which JSON allows, is shown escaped: the message
+        # must encode as UTF-8)
+        unknown = sorted(str(name).encode("utf-8", "backslashreplace").decode()
+                         for name in columns if name not in _COLUMNS)
         if missing or unknown:
             found = ([f"missing: {', '.join(missing)}"] if missing else []) + (
                 [f"unknown: {', '.join(unknown)[:200]}"] if unknown else [])

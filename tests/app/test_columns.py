@@ -7,7 +7,9 @@ index; the batch route's fast decoder reads it as it reads rows.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -265,21 +267,52 @@ def test_the_column_reader_recovers_a_parser_left_in_use() -> None:
     body = _column_batch().encode()
     expected = _validated(decode_plain_batch(body))
     left = plainbody._parsers[0].parse(b'{"a": [1]}')
-    fast = decode_plain_batch(body)
+    fast = plainbody._read_columns(body)  # as the reader thread reads a large body
     assert fast is not None
     assert _validated(fast) == expected
     del left
 
 
+def test_a_body_nested_too_deeply_keeps_the_shared_parser() -> None:
+    shared = plainbody._parsers[0]
+    body = b'{"patients": [{"observations": {"time": ' + b"[" * 2000 + b"]" * 2000 + b"}}]}"
+    assert plainbody._read_columns(body) is None
+    assert plainbody._parsers[0] is shared
+
+
+@pytest.mark.parametrize("small", [0, 1 << 30], ids=["reader-thread", "inline"])
 def test_a_large_column_batch_is_read_by_a_parser_of_its_own(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, small: int) -> None:
     body = _column_batch().encode()
     shared = plainbody._parsers[0]
+    monkeypatch.setattr(plainbody, "_SMALL_BODY_BYTES", small)
     monkeypatch.setattr(plainbody, "_SHARED_PARSER_BYTES", len(body) - 1)
     fast = decode_plain_batch(body)
     assert fast is not None
     assert _validated(fast) == _validated(parse_json(body))
     assert plainbody._parsers[0] is shared
+
+
+def test_a_small_column_body_does_not_wait_for_the_reader_thread() -> None:
+    """Small bodies are decoded on the event loop; they are read there, not queued behind
+    a large body the reader thread is busy with."""
+    release = threading.Event()
+    plainbody._COLUMN_READER.submit(release.wait, 30)  # the reader thread, busy
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            done = pool.submit(decode_plain_batch, _column_batch().encode())
+            assert done.result(timeout=10) is not None
+    finally:
+        release.set()
+
+
+def test_an_unknown_column_key_with_a_lone_surrogate_is_a_422(client: TestClient) -> None:
+    body = ('{"patients": [{"observations": {"time": [1], "variable": ["heart_rate"], '
+            '"value": [80], "u\\ud800": 1}}]}')
+    r = client.post("/v1/predict/batch", content=body,
+                    headers={**USER, "Content-Type": "application/json"})
+    assert r.status_code == 422
+    assert "unknown: u\\ud800" in r.json()["error"]["message"]
 
 
 def test_the_openapi_schema_shows_both_forms(client: TestClient) -> None:
