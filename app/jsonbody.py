@@ -32,8 +32,8 @@ from app.errors import UnsupportedMediaType
 
 logger = logging.getLogger("vitalcast.jsonbody")
 
-__all__ = ["StrictJsonRequest", "StrictJsonRoute", "check_json_content_type", "has_long_number",
-           "parse_json"]
+__all__ = ["OFF_LOOP_BYTES", "StrictJsonRequest", "StrictJsonRoute", "check_json_content_type",
+           "has_long_number", "parse_json"]
 
 # 19 digits in a row may be an integer beyond int64, which orjson reads as a float where
 # the standard library keeps the exact int (or refuses it as too long): the slow path.
@@ -136,7 +136,7 @@ FastBody = Callable[[bytes], Any | None]
 # to cpu + 4 threads: each thread that ran Arrow's reader keeps a malloc arena of its own
 # (~15 MiB after a 256-patient batch of rows), and fewer threads keep the peak under bulk
 # load lower (rows, 3 in flight: 464-468 against 476 MiB, the same throughput).
-_OFF_LOOP_BYTES = 64 * 1024
+OFF_LOOP_BYTES = 64 * 1024
 _DECODERS = ThreadPoolExecutor(2, thread_name_prefix="vitalcast-decode")
 
 
@@ -156,7 +156,7 @@ class StrictJsonRequest(Request):
             if fast is not None:
                 value = (await asyncio.get_running_loop().run_in_executor(
                     _DECODERS, _fast_or_none, fast, body)
-                         if len(body) > _OFF_LOOP_BYTES else _fast_or_none(fast, body))
+                         if len(body) > OFF_LOOP_BYTES else _fast_or_none(fast, body))
             self._json = value if value is not None else parse_json(body)
         return self._json
 

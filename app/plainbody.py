@@ -48,6 +48,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 import simdjson
 
+from app.jsonbody import OFF_LOOP_BYTES
 from app.schemas import POSSIBLE, STATES, ObservationRows, plain_values
 from models.catalogue import CATALOGUE
 
@@ -223,7 +224,7 @@ def _batch(observations: list[ObservationRows], ids: list[Any], models: list[Any
 _COLUMN_READER = ThreadPoolExecutor(1, thread_name_prefix="vitalcast-columns")
 _parsers = [simdjson.Parser()]  # the reader thread's (replaced if it is ever left in use)
 _SHARED_PARSER_BYTES = 4 << 20
-_SMALL_BODY_BYTES = 64 << 10  # (app.jsonbody decodes bodies up to this on the event loop)
+_SMALL_BODY_BYTES = OFF_LOOP_BYTES  # app.jsonbody decodes bodies up to this on the event loop
 _PATIENT_KEYS = frozenset(("patient_id", "model", "static", "observations"))
 _STATIC_KEYS = frozenset(("age", "sex", "weight", "height"))
 _COLUMN_KEYS = frozenset(("time", "variable", "value"))
@@ -322,9 +323,9 @@ def _walk(document: Any, body: bytes) -> dict[str, Any] | None:
     if code is None:
         return None
     # Each "[" of the body opens the patients' list or one of a patient's three lists, or
-    # sits in a string (no escapes: each is itself); any other opens a nested list.
-    in_strings = (listed.count(b"[") - len(counts)
-                  + sum(text.count("[") for text in (*ids, *models) if text is not None)
+    # sits in a string (no escapes: each is itself); any other opens a nested list. (The
+    # names are catalogue names by now: none holds one.)
+    in_strings = (sum(text.count("[") for text in (*ids, *models) if text is not None)
                   + sum(s["sex"].count("[") for s in statics
                         if s is not None and isinstance(s.get("sex"), str)))
     if body.count(b"[") != 1 + 3 * len(counts) + in_strings:
@@ -386,12 +387,9 @@ def _name_codes(listed: bytes, total: int, lists: int) -> np.ndarray | None:
     # the '","' (or '"],["') between two names at odd ones.
     bounds = np.empty(2 * total, dtype=np.int32)
     bounds[0::2], bounds[1::2] = opens + 1, closes
-    strings = pa.Array.from_buffers(pa.string(), 2 * total - 1,
-                                    [None, pa.py_buffer(bounds), pa.py_buffer(listed)])
-    code = pc.index_in(strings, value_set=_name_set())[::2]
-    if code.null_count:  # a name that is not a catalogue name
-        return None
-    return _view(code, np.int32).astype(np.int64)
+    return _codes(pa.Array.from_buffers(pa.string(), 2 * total - 1,
+                                        [None, pa.py_buffer(bounds), pa.py_buffer(listed)]),
+                  step=2)
 
 
 def _statics(static: pa.StructArray) -> list[dict[str, Any] | None] | None:
@@ -409,9 +407,10 @@ def _statics(static: pa.StructArray) -> list[dict[str, Any] | None] | None:
              if column[i] is not None} if given[i] else None for i in range(len(static))]
 
 
-def _codes(variable: pa.Array) -> np.ndarray | None:
-    """Each row's catalogue number (position in `_NAMES`), None when a name is not one."""
-    code = pc.index_in(variable, value_set=_name_set())  # null: not a catalogue name
+def _codes(variable: pa.Array, step: int = 1) -> np.ndarray | None:
+    """The catalogue number (position in `_NAMES`) of every `step`-th string of `variable`,
+    None when one is null or not a catalogue name."""
+    code = pc.index_in(variable, value_set=_name_set())[::step]  # null: not a catalogue name
     if variable.null_count or code.null_count:
         return None
     return _view(code, np.int32).astype(np.int64)

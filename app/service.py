@@ -134,8 +134,8 @@ _TYPICAL_STATIC = {name: var.typical for name, var in CATALOGUE.items() if var.k
 def _row_name_ids(jobs: Sequence[Job], lengths: Sequence[int]) -> np.ndarray:
     """(rows of all the jobs,) the catalogue number (`_NAME_ID`) of each row's variable."""
     known = [job.name_ids for job in jobs]
-    if all(ids is not None for ids in known):  # prepared jobs: looked up once, by the warnings
-        return np.concatenate(known)
+    if all(ids is not None for ids in known):  # prepared jobs (the warnings looked them up,
+        return np.concatenate(known)  # or the fast decoders handed them on)
     names = list(chain.from_iterable(job.names for job in jobs))
     name_start = np.cumsum([0, *(len(job.names) for job in jobs)])[:-1]
     name_ids = np.fromiter(map(_NAME_ID.__getitem__, names), np.int64, len(names))
