@@ -569,7 +569,8 @@ class PredictResponse(BaseModel):
 
 
 # A PredictResponse as the JSON-ready values it serialises to (fields in order): what the
-# scoring path builds and the routes encode with orjson, without a pydantic object per bin.
+# scoring path builds and the routes encode with orjson, without a pydantic object per bin
+# (its explanation's attention list is already encoded: an orjson.Fragment).
 Answer = dict[str, Any]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from app import service
@@ -55,11 +56,26 @@ def _prediction(rng: np.random.Generator, kind: str,
                       contributions=None)
 
 
-def _one(job: service.Job, pred: Prediction) -> dict[str, object] | str:
+def _json(explanation: object) -> object:
+    """An explanation as the client reads it (its attention is encoded JSON)."""
+    return orjson.loads(orjson.dumps(explanation))
+
+
+def _one(job: service.Job, pred: Prediction) -> object:
+    """One stay's explanation as the service's one-stay path gives it (or its error),
+    checked against the bins written out here by hand: the window's bins, labelled in the
+    request's kind of time, weights the window's attention over its exact float sum."""
     try:
-        return service._explanation(job, pred)
+        got = _json(service._explanation(job, pred))
     except ModelFailure as e:
         return str(e)
+    window = np.flatnonzero(pred.step_mask)
+    weights = pred.attention[window] / pred.attention[window].sum()
+    starts, ends = service._bin_labels(job, pred.offset + window)
+    assert got == {"attention": [{"start": s, "end": e, "weight": w} for s, e, w
+                                 in zip(starts, ends, weights.tolist(), strict=True)],
+                   "variables": None}
+    return got
 
 
 # Stays whose window starts months after admission (bins far past the marks listed once per
@@ -78,7 +94,7 @@ def test_group_explanations_equal_each_stay_on_its_own(tmp_path: Path, iso: bool
     preds = [_prediction(rng, str(kind), offsets) for kind in rng.permutation(kinds)]
     got = service._explanations([job] * len(preds), preds)
     want = [_one(job, pred) for pred in preds]
-    assert [str(g) if isinstance(g, ModelFailure) else g for g in got] == want
+    assert [str(g) if isinstance(g, ModelFailure) else _json(g) for g in got] == want
     assert sum(isinstance(g, ModelFailure) for g in got) >= 9  # nan, negative, zero x 3
     assert sum(isinstance(w, dict) for w in want) >= 40
 
@@ -93,5 +109,5 @@ def test_an_unusable_stay_fails_alone_in_a_batch(tmp_path: Path) -> None:
     assert "unusable attention weights" in str(got[1])
     for kept in (got[0], got[2]):
         assert isinstance(kept, dict)
-        weights = [b["weight"] for b in kept["attention"]]  # type: ignore[index, union-attr]
+        weights = [b["weight"] for b in _json(kept)["attention"]]
         assert sum(weights) == pytest.approx(1.0)
