@@ -111,3 +111,14 @@ def test_an_unusable_stay_fails_alone_in_a_batch(tmp_path: Path) -> None:
         assert isinstance(kept, dict)
         weights = [b["weight"] for b in _json(kept)["attention"]]
         assert sum(weights) == pytest.approx(1.0)
+
+
+def test_weights_are_written_as_the_floats_of_any_other_answer() -> None:
+    """The weights' JSON, written from the array in one call, is each float's own JSON:
+    tiny, huge, subnormal, negative zero and random weights alike."""
+    rng = np.random.default_rng(5)
+    values = np.concatenate([rng.random(5000), rng.random(500) * 1e-9, rng.random(500) * 1e17,
+                             [0.0, -0.0, 1.0, 1e-300, 5e-324, 1e16, 1e15, 0.1, 1 / 3]])
+    assert service._floats_json(values) == [orjson.dumps(v) for v in values.tolist()]
+    assert service._floats_json(values[::2]) == [orjson.dumps(v) for v in values[::2].tolist()]
+    assert service._floats_json(np.zeros(0)) == []
