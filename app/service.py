@@ -148,6 +148,24 @@ def _row_name_ids(jobs: Sequence[Job], lengths: Sequence[int]) -> np.ndarray:
                     + np.repeat(name_start, lengths)]
 
 
+@dataclass(frozen=True)
+class _Rows:
+    """The rows of several jobs end to end, concatenated once for every step that reads
+    them all (warnings; tensorisation and NEWS2 of a group)."""
+
+    lengths: list[int]  # rows per job
+    name_ids: np.ndarray  # (rows,) catalogue number (`_NAME_ID`) of each row's variable
+    hours: np.ndarray  # (rows,)
+    values: np.ndarray  # (rows,)
+
+
+def _rows(jobs: Sequence[Job]) -> _Rows:
+    lengths = [len(job.code) for job in jobs]
+    return _Rows(lengths, _row_name_ids(jobs, lengths),
+                 np.concatenate([job.hours for job in jobs]),
+                 np.concatenate([job.values for job in jobs]))
+
+
 @lru_cache(maxsize=64)
 def _feature_set(features: tuple[str, ...]) -> frozenset[str]:
     """A model's features as a set, once per model."""
@@ -171,11 +189,9 @@ def _with_warnings(jobs: list[Job]) -> list[Job]:
     they flag are worded one by one."""
     if not jobs:
         return jobs
-    lengths = [len(job.code) for job in jobs]
+    rows = _rows(jobs)
+    lengths, row_ids, values, hours = rows.lengths, rows.name_ids, rows.values, rows.hours
     starts = np.cumsum([0, *lengths[:-1]])
-    row_ids = _row_name_ids(jobs, lengths)
-    values = np.concatenate([job.values for job in jobs])
-    hours = np.concatenate([job.hours for job in jobs])
     atypical: list[dict[str, tuple[str, int]]] = [{} for _ in jobs]  # request order
     flagged = np.flatnonzero((values < _TYPICAL_LOW[row_ids])
                              | (values > _TYPICAL_HIGH[row_ids]))
@@ -280,22 +296,21 @@ _NEWS2_OF = np.array([NEWS2_PARAMETERS.index(name) if name in NEWS2_PARAMETERS e
                       for name in _NAMES], dtype=np.int64)
 
 
-def _news2(jobs: Sequence[Job]) -> list[Mapping[str, object]]:
+def _news2(jobs: Sequence[Job], rows: _Rows) -> list[Mapping[str, object]]:
     """NEWS2 of every job from the latest value of each parameter (of rows at the same
-    time, the later one), in one vectorised pass over all the jobs' rows: per (patient,
-    parameter) cell the latest hour, then the last row at that hour; no sort."""
-    lengths = [len(job.code) for job in jobs]
-    param = _NEWS2_OF[_row_name_ids(jobs, lengths)]
+    time, the later one), in one vectorised pass over all the jobs' rows (`rows`): per
+    (patient, parameter) cell the latest hour, then the last row at that hour; no sort."""
+    param = _NEWS2_OF[rows.name_ids]
     keep = np.flatnonzero(param >= 0)
     n_params = len(NEWS2_PARAMETERS)
-    cell = np.repeat(np.arange(len(jobs)), lengths)[keep] * n_params + param[keep]
-    hours = np.concatenate([job.hours for job in jobs])[keep]
+    cell = np.repeat(np.arange(len(jobs)), rows.lengths)[keep] * n_params + param[keep]
+    hours = rows.hours[keep]
     latest_hour = np.full(len(jobs) * n_params, -np.inf)
     np.maximum.at(latest_hour, cell, hours)
     at_latest = np.flatnonzero(hours == latest_hour[cell])
     row = np.full(len(jobs) * n_params, -1, dtype=np.int64)
     np.maximum.at(row, cell[at_latest], at_latest)
-    values = np.append(np.concatenate([job.values for job in jobs])[keep], np.nan)
+    values = np.append(rows.values[keep], np.nan)
     latest = values[row].reshape(len(jobs), n_params)  # row -1: the NaN appended
     table = {name: latest[:, i] for i, name in enumerate(NEWS2_PARAMETERS)}
     points = np.stack(list(news2_points(table).values()), axis=1).tolist()
@@ -567,17 +582,14 @@ def _groups(jobs: Sequence[Job]) -> Iterator[tuple[list[int], list[Job]]]:
         yield members, [jobs[i] for i in members]
 
 
-def _tensorise(group: Sequence[Job]) -> Tensors:
-    """The stays of jobs that share a checkpoint, on its grid: rows by catalogue number."""
+def _tensorise(group: Sequence[Job], rows: _Rows | None = None) -> Tensors:
+    """The stays of jobs that share a checkpoint (their `rows`), on its grid: rows by
+    catalogue number."""
     ckpt = group[0].ckpt
-    lengths = [len(j.hours) for j in group]
+    rows = rows if rows is not None else _rows(group)
     return tensorise_codes(
-        np.repeat(np.arange(len(group)), lengths),
-        np.concatenate([j.hours for j in group]),
-        _row_name_ids(group, lengths),
-        _NAMES,
-        np.concatenate([j.values for j in group]),
-        [j.request.static.numeric() if j.request.static else {} for j in group],
+        np.repeat(np.arange(len(group)), rows.lengths), rows.hours, rows.name_ids, _NAMES,
+        rows.values, [j.request.static.numeric() if j.request.static else {} for j in group],
         ckpt.normalizer, ckpt.grid)
 
 
@@ -656,11 +668,12 @@ def _stays(group: list[Job], cache: PredictionCache | None) -> list[CachedStay]:
 
 
 def _scored(ckpt: Checkpoint, group: list[Job], explain: bool) -> list[CachedStay]:
-    tensors = _tensorise(group)
+    rows = _rows(group)
+    tensors = _tensorise(group, rows)
     predictions = score_tensors(ckpt, tensors, explain=explain)
     if len(predictions) != len(tensors):
         raise ModelFailure("the model returned a different number of predictions")
-    return [CachedStay(p, n) for p, n in zip(predictions, _news2(group), strict=True)]
+    return [CachedStay(p, n) for p, n in zip(predictions, _news2(group, rows), strict=True)]
 
 
 def warm_up(ckpt: Checkpoint) -> None:

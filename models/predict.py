@@ -114,19 +114,22 @@ def score_tensors(ckpt: Checkpoint, tensors: Tensors, *, explain: bool = False,
         # stay keeps no batch alive).
         attention = attention_t.numpy().astype(np.float64)
         forecast = forecast_t.numpy() if forecast_t is not None else None
-        # Per stay from numpy arrays: indexing a tensor costs microseconds per element.
-        logits, los = logit.numpy(), los_t.numpy()
-        for j in range(x.shape[0]):
+        # Per stay from lists and numpy rows: indexing a tensor costs microseconds per
+        # element, a numpy scalar a fraction of one.
+        masks = tensors.step_mask[sl]
+        for j, (p, lg, days, o) in enumerate(zip(prob.tolist(), logit.numpy().tolist(),
+                                                 los_t.numpy().tolist(), offset.tolist(),
+                                                 strict=True)):
             results.append(Prediction(
-                probability=float(prob[j]),
-                logit=float(logits[j]),
-                los_days=float(los[j]),
+                probability=p,
+                logit=lg,
+                los_days=days,
                 attention=attention[j].copy(),
-                step_mask=tensors.step_mask[start + j].copy(),
-                offset=int(offset[j]),
+                step_mask=masks[j].copy(),
+                offset=o,
                 contributions=(None if per_var is None else
-                               dict(zip(ckpt.normalizer.features,
-                                        (float(v) for v in per_var[j]), strict=True))),
+                               dict(zip(ckpt.normalizer.features, per_var[j].tolist(),
+                                        strict=True))),
                 forecast=None if forecast is None else forecast[j].astype(np.float64),
             ))
     return results
