@@ -205,6 +205,7 @@ def main() -> None:
                     print(f"{i + 1:>5} {route:<9}{r.rps:>9.1f}{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}"
                           f"{r.requests:>10}{r.errors:>8}", flush=True)
             rss_end = server.rss_mib()
+            anon_end, file_end = server.rss_mib("RssAnon"), server.rss_mib("RssFile")
     med = {route: Run(route, *(statistics.median(getattr(r, k) for r in runs
                                                  if r.route == route)
                                for k in ("rps", "p50_ms", "p99_ms")),
@@ -223,6 +224,11 @@ def main() -> None:
           f"{'PASS' if p99 <= 50 else 'FAIL'})")
     print(f"server RSS (VmRSS): {rss_ready:.0f} MiB when ready, {rss_end:.0f} MiB after the "
           f"load (target <= 500 MB: {'PASS' if rss_end * 1.048576 <= 500 else 'FAIL'})")
+    # Pages of the shared libraries (libtorch_cpu alone is ~500 MB on disk) count once the
+    # process maps them; the kernel maps those in its page cache around each page touched,
+    # so a venv installed minutes ago shows tens of MiB more than the same code later on.
+    print(f"  after the load: {anon_end:.0f} MiB the process's own (RssAnon), {file_end:.0f} "
+          "MiB mapped from files (RssFile: libraries, as many pages as the page cache holds)")
     if any(m.errors for m in med.values()):
         sys.exit("some requests failed")
 
