@@ -247,9 +247,10 @@ def main() -> None:
                       f"({min(ratios):.2f}-{max(ratios):.2f}; to the {graph_name} "
                       f"{statistics.median(to_graph):.2f}) (target >= 0.5: "
                       f"{'PASS' if ratio >= 0.5 else 'FAIL'})")
-                print(f"  server RSS {server.rss_mib():.0f} MiB, peak so far "
-                      f"{server.rss_mib('VmHWM'):.0f} MiB")
-            print(f"server RSS {server.rss_mib():.0f} MiB (peak {server.rss_mib('VmHWM'):.0f} MiB)")
+                print(f"  server RSS {server.rss_mib():.0f} MiB ({server.rss_mib('RssAnon'):.0f} "
+                      f"its own, RssAnon), peak so far {server.rss_mib('VmHWM'):.0f} MiB")
+            print(f"server RSS {server.rss_mib():.0f} MiB ({server.rss_mib('RssAnon'):.0f} its "
+                  f"own; peak {server.rss_mib('VmHWM'):.0f} MiB)")
             for conn in opened:
                 conn.close()
         print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end")
