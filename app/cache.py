@@ -9,8 +9,8 @@ same NEWS2, and both are kept. Responses are built from them with this request's
 times and warnings.
 
 Bounded in entries (least recently used out); ~3 KB each for the default model. The
-most recently built responses of stays in hours (`max_responses`, ~40 KB each: a dict
-per attention bin) are kept with their stays too: a hit then copies one.
+most recently built responses of stays in hours (`max_responses`, ~4 KB each, the
+attention list as encoded JSON) are kept with their stays too: a hit then copies one.
 """
 
 from __future__ import annotations

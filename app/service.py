@@ -45,7 +45,8 @@ __all__ = ["Answer", "Job", "Outcome", "answer_cached", "forecast", "predict", "
 class Job:
     """One patient ready to score: the request, its model and its rows as arrays. Built
     once per patient (a frozen dataclass took ~1.3 us a build, two builds per patient of a
-    bulk batch); only `_with_warnings` fills in its warnings and catalogue numbers."""
+    bulk batch); `_with_warnings` fills in its warnings (and the rows' catalogue numbers
+    where the decoder did not hand them on), nothing else changes it."""
 
     request: PredictRequest
     ckpt: Checkpoint  # taken when the request started; a reload does not change it
@@ -423,7 +424,8 @@ def _explanations(jobs: Sequence[Job], preds: Sequence[Prediction]
     ready = span & usable
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         # every ready stay's window, stay after stay, bins in order
-        texts = _floats_json((attention / totals[:, None])[mask & ready[:, None]])
+        texts = _floats_json((attention / totals[:, None])[mask.astype(bool, copy=False)
+                                                           & ready[:, None]])
     offsets = [p.offset for p in preds]
     step = jobs[0].ckpt.grid.step_hours
     reach = max(offsets) + n_steps + 1
@@ -515,6 +517,11 @@ def _shared_response(job: Job, pred: Prediction, news2_score: Mapping[str, objec
     ckpt = job.ckpt
     if not (math.isfinite(pred.probability) and math.isfinite(pred.los_days)):
         raise ModelFailure(f"model {ckpt.name}/{ckpt.version} returned a non-finite output")
+    if pred.contributions is not None and not all(map(math.isfinite,
+                                                      pred.contributions.values())):
+        # (JSON has no NaN: orjson would write null where the schema promises a number)
+        raise ModelFailure(f"model {ckpt.name}/{ckpt.version} returned non-finite "
+                           "contributions; ask with ?contributions=false for the risk alone")
     if isinstance(explanation, ModelFailure):
         raise explanation
     return {

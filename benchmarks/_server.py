@@ -113,8 +113,9 @@ class Server:
     log_path: Path
 
     def rss_mib(self, field: str = "VmRSS") -> float:
-        """Resident memory of the server process (VmRSS from /proc/<pid>/status; VmHWM:
-        its peak so far), MiB."""
+        """Resident memory of the server process from /proc/<pid>/status, MiB: VmRSS, or
+        another of its fields (VmHWM: the peak so far; RssAnon: its own memory, not pages
+        mapped from files)."""
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024

@@ -90,7 +90,7 @@ def test_contributions_can_be_left_out_and_are_cached_apart(tmp_path: Path) -> N
 
 
 def test_responses_are_kept_for_a_bounded_number_of_stays(tmp_path: Path) -> None:
-    """~40 KB each: only the most recent `max_responses` stays keep theirs; hits on the
+    """~4 KB each: only the most recent `max_responses` stays keep theirs; hits on the
     others build a new one, and every answer is the same either way."""
     make_checkpoint(tmp_path)
     bodies = [request_body(observations=[{"time": 1.0, "variable": "heart_rate",

@@ -7,6 +7,7 @@ the last bit) and a stay whose attention is unusable fails alone, with the same 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -56,25 +57,26 @@ def _prediction(rng: np.random.Generator, kind: str,
                       contributions=None)
 
 
-def _json(explanation: object) -> object:
-    """An explanation as the client reads it (its attention is encoded JSON)."""
-    return orjson.loads(orjson.dumps(explanation))
+def _bytes(explanation: object) -> bytes:
+    """An explanation as the client receives it (its attention is encoded JSON)."""
+    return orjson.dumps(explanation)
 
 
-def _one(job: service.Job, pred: Prediction) -> object:
-    """One stay's explanation as the service's one-stay path gives it (or its error),
-    checked against the bins written out here by hand: the window's bins, labelled in the
-    request's kind of time, weights the window's attention over its exact float sum."""
+def _one(job: service.Job, pred: Prediction) -> bytes | str:
+    """One stay's explanation as the service's one-stay path writes it (or its error),
+    checked byte for byte against the bins written out here as dicts: the window's bins,
+    labelled in the request's kind of time, weights the window's attention over its exact
+    float sum."""
     try:
-        got = _json(service._explanation(job, pred))
+        got = _bytes(service._explanation(job, pred))
     except ModelFailure as e:
         return str(e)
     window = np.flatnonzero(pred.step_mask)
     weights = pred.attention[window] / pred.attention[window].sum()
     starts, ends = service._bin_labels(job, pred.offset + window)
-    assert got == {"attention": [{"start": s, "end": e, "weight": w} for s, e, w
-                                 in zip(starts, ends, weights.tolist(), strict=True)],
-                   "variables": None}
+    assert got == _bytes({"attention": [{"start": s, "end": e, "weight": w} for s, e, w
+                                        in zip(starts, ends, weights.tolist(), strict=True)],
+                          "variables": None})
     return got
 
 
@@ -94,9 +96,9 @@ def test_group_explanations_equal_each_stay_on_its_own(tmp_path: Path, iso: bool
     preds = [_prediction(rng, str(kind), offsets) for kind in rng.permutation(kinds)]
     got = service._explanations([job] * len(preds), preds)
     want = [_one(job, pred) for pred in preds]
-    assert [str(g) if isinstance(g, ModelFailure) else _json(g) for g in got] == want
+    assert [str(g) if isinstance(g, ModelFailure) else _bytes(g) for g in got] == want
     assert sum(isinstance(g, ModelFailure) for g in got) >= 9  # nan, negative, zero x 3
-    assert sum(isinstance(w, dict) for w in want) >= 40
+    assert sum(isinstance(w, bytes) for w in want) >= 40
 
 
 def test_an_unusable_stay_fails_alone_in_a_batch(tmp_path: Path) -> None:
@@ -109,7 +111,7 @@ def test_an_unusable_stay_fails_alone_in_a_batch(tmp_path: Path) -> None:
     assert "unusable attention weights" in str(got[1])
     for kept in (got[0], got[2]):
         assert isinstance(kept, dict)
-        weights = [b["weight"] for b in _json(kept)["attention"]]
+        weights = [b["weight"] for b in orjson.loads(_bytes(kept))["attention"]]
         assert sum(weights) == pytest.approx(1.0)
 
 
@@ -122,3 +124,19 @@ def test_weights_are_written_as_the_floats_of_any_other_answer() -> None:
     assert service._floats_json(values) == [orjson.dumps(v) for v in values.tolist()]
     assert service._floats_json(values[::2]) == [orjson.dumps(v) for v in values[::2].tolist()]
     assert service._floats_json(np.zeros(0)) == []
+
+
+def test_non_finite_contributions_fail_the_stay_not_a_silent_null(tmp_path: Path) -> None:
+    """JSON has no NaN: a stay whose integrated gradients are not finite is a model
+    failure that says how to get the risk alone, not an answer with null contributions."""
+    make_checkpoint(tmp_path)
+    job = _job(tmp_path, iso=False)
+    pred = _prediction(np.random.default_rng(2), "ok")
+    explanation = service._explanation(job, pred)
+    news2 = service._news2([job], service._rows([job]))[0]
+    pred.contributions = {"heart_rate": 0.2, "sbp": -0.1}
+    assert service._shared_response(job, pred, news2, explanation)["risk"]["probability"] == 0.3
+    for bad in (math.nan, math.inf):
+        pred.contributions = {"heart_rate": 0.2, "sbp": bad}
+        with pytest.raises(ModelFailure, match=r"non-finite contributions.*contributions=false"):
+            service._shared_response(job, pred, news2, explanation)
