@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
-import pyarrow as pa
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -215,9 +214,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         configure_logging(settings.log_level)
         # Few intra-op threads: requests run in parallel threads/workers on few cores.
         torch.set_num_threads(settings.torch_threads)
-        # Arrow (bulk bodies, app.plainbody) allocates from malloc: its default (mimalloc)
-        # kept ~50 MiB more resident under batch load (benchmarks/scoring.py prints RSS).
-        pa.set_memory_pool(pa.system_memory_pool())
         if not settings.api_keys and not settings.admin_keys:
             logger.warning("no API keys configured: every /v1 request will get a 401")
         registry.load()

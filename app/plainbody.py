@@ -54,6 +54,11 @@ from models.catalogue import CATALOGUE
 
 __all__ = ["decode_plain_batch"]
 
+# Arrow allocates from malloc: its default pool (mimalloc) kept ~50 MiB more resident under
+# batch load (benchmarks/scoring.py prints RSS). This module is imported with the first
+# batch body (app.routers.predict), before Arrow allocates anything.
+pa.set_memory_pool(pa.system_memory_pool())
+
 _NAMES = list(POSSIBLE)  # every variable an observation may name: measurements, interventions
 _LOW, _HIGH = (np.ascontiguousarray(bound) for bound in
                np.array([POSSIBLE[name] for name in _NAMES], dtype=np.float64).T)

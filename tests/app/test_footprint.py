@@ -1,6 +1,7 @@
 """The service's resident memory: what it imports. Serving reads no DataFrame, and pandas
 (with what it pulls in) is ~30 MB resident that a service answering one patient at a time
-would carry for nothing (benchmarks/http.py prints the server's RSS)."""
+would carry for nothing; Arrow, which reads bulk bodies, loads with the first batch body
+(benchmarks/http.py prints the server's RSS)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def test_the_service_starts_without_pandas() -> None:
     code = ("import sys\n"
             "from app.main import create_app\n"
             "create_app()\n"
-            "loaded = [m for m in ('pandas', 'matplotlib', 'sklearn') if m in sys.modules]\n"
+            "loaded = [m for m in ('pandas', 'matplotlib', 'sklearn', 'pyarrow')\n"
+            "          if m in sys.modules]\n"
             "assert not loaded, loaded\n")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
@@ -29,7 +31,8 @@ def test_the_service_starts_without_pandas() -> None:
 def test_answering_single_patients_keeps_pandas_out(tmp_path: Path) -> None:
     """Not only at start: /v1/predict (rows, columns, date-times, a what-if), /v1/forecast,
     /v1/predict/fhir, /v2 inference and batches (plain ones decoded by Arrow, whose
-    conversions would import pandas) read no DataFrame either."""
+    conversions would import pandas) read no DataFrame either; and Arrow itself (35-65 MiB
+    resident) stays out until the first batch body."""
     from tests.app.support import make_checkpoint, normalizer, request_body
     from tests.app.test_columns import ISO, as_columns
     from tests.app.test_fhir import bundle
@@ -72,7 +75,10 @@ def test_answering_single_patients_keeps_pandas_out(tmp_path: Path) -> None:
             "    for path, body in json.loads((root / 'requests.json').read_text()):\n"
             "        r = client.post(path, json=body, headers=USER)\n"
             "        assert r.status_code == 200, (path, r.text[:500])\n"
-            "        assert 'pandas' not in sys.modules, path\n")
+            "        assert 'pandas' not in sys.modules, path\n"
+            "        if not path.endswith('/batch'):  # Arrow comes with the first batch body\n"
+            "            assert 'pyarrow' not in sys.modules, path\n"
+            "    assert 'pyarrow' in sys.modules  # (the plain batches were Arrow's)\n")
     run = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
