@@ -222,7 +222,7 @@ def test_a_fault_in_the_fast_decoder_costs_speed_not_the_answer(
     def broken(_: bytes) -> None:
         raise RuntimeError("a bug in the fast path")
 
-    monkeypatch.setattr("app.routers.predict.decode_plain_batch", broken)
+    monkeypatch.setattr("app.plainbody.decode_plain_batch", broken)
     with caplog.at_level("WARNING", logger="vitalcast.jsonbody"):
         after = client.post("/v1/predict/batch", content=body, headers=headers)
     assert after.status_code == 200
