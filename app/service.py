@@ -409,7 +409,7 @@ def _explanations(jobs: Sequence[Job], preds: Sequence[Prediction]
     if not preds:
         return []
     attention = np.stack([p.attention for p in preds]).astype(np.float64, copy=False)
-    mask = np.stack([p.step_mask for p in preds])
+    mask = np.stack([p.step_mask for p in preds]).astype(bool, copy=False)
     n_steps = mask.shape[1]
     first = mask.argmax(axis=1)
     last = n_steps - 1 - mask[:, ::-1].argmax(axis=1)
@@ -424,8 +424,7 @@ def _explanations(jobs: Sequence[Job], preds: Sequence[Prediction]
     ready = span & usable
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         # every ready stay's window, stay after stay, bins in order
-        texts = _floats_json((attention / totals[:, None])[mask.astype(bool, copy=False)
-                                                           & ready[:, None]])
+        texts = _floats_json((attention / totals[:, None])[mask & ready[:, None]])
     offsets = [p.offset for p in preds]
     step = jobs[0].ckpt.grid.step_hours
     reach = max(offsets) + n_steps + 1
